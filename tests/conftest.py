@@ -1,0 +1,65 @@
+"""Shared test fixtures: real media, one small synthetic corpus, one local Ray for the session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "real"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def real_clips() -> list[Path]:
+    """The five real talking-face clips of ../shared/fixtures/real (skip if that folder is absent)."""
+    clips = sorted(FIXTURES.glob("*.mp4"))
+    if not clips:
+        pytest.skip(f"real fixtures not found at {FIXTURES}")
+    return clips
+
+
+@pytest.fixture(scope="session")
+def real_speech() -> Path:
+    wav = FIXTURES / "python-pesq__speech.wav"
+    if not wav.exists():
+        pytest.skip(f"real speech fixture not found at {wav}")
+    return wav
+
+
+@pytest.fixture(scope="session")
+def synth_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small synthetic corpus (2 seen speakers × 10 utterances + 1 unseen speaker), made once."""
+    from l2s.synth.corpus import SynthConfig, generate
+
+    root = tmp_path_factory.mktemp("synth")
+    list(
+        generate(
+            SynthConfig(speakers=2, utterances=10, unseen_speakers=1, seed=7), root, progress=False
+        )
+    )
+    return root
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local Ray for the whole session, sized for a 2-core machine."""
+    import ray
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
