@@ -1,0 +1,236 @@
+"""The lip-to-speech network and its losses: shapes per preset, masking, the 4:1 mel rate, learning.
+
+Letters in shape names: B batch, T video frames, H×W pixels, F mel frames, M mel bands,
+D speaker-embedding size, V CTC vocabulary, L label positions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+
+import pytest
+import torch
+
+from l2s.config import MELS_PER_FRAME
+from l2s.models.frontend import normalize_video
+from l2s.models.lip2speech import (
+    Lip2Speech,
+    ModelConfig,
+    base,
+    count_parameters,
+    large,
+    tiny,
+)
+from l2s.models.losses import LossConfig, ctc_loss, lip2speech_loss
+from l2s.models.text import VOCAB, decode_ctc, encode_batch, encode_text, normalize_text
+
+torch.set_num_threads(2)
+
+SIZE = 88
+
+
+def _inputs(B: int, T: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    video_BTHW = normalize_video(torch.randint(0, 256, (B, T, SIZE, SIZE), generator=g))
+    speaker_BD = torch.nn.functional.normalize(torch.randn(B, 256, generator=g), dim=-1)
+    return video_BTHW, speaker_BD
+
+
+def _tiny_model(seed: int = 0, **overrides: object) -> Lip2Speech:
+    """A tiny model whose speaker path is active (FiLM starts at zero, which would hide it)."""
+    torch.manual_seed(seed)
+    model = Lip2Speech(dataclasses.replace(tiny(), **overrides))
+    torch.nn.init.normal_(model.speaker_film.weight, std=0.2)
+    return model
+
+
+# ---- text -------------------------------------------------------------------------------------
+
+
+def test_ctc_text_round_trip() -> None:
+    text = "HELLO WORLD IT'S A TEST"
+    ids = encode_text("  hello   world it's a test ")
+    assert len(VOCAB) == 29 and VOCAB[0] == "<blank>"
+    # A CTC-style frame sequence: each label held for two frames, a blank between repeated labels.
+    frames = []
+    for i, label in enumerate(ids):
+        if i and ids[i - 1] == label:
+            frames.append(0)
+        frames += [label, label]
+    logits_BTV = torch.nn.functional.one_hot(torch.tensor([[*frames, 0, 0]]), len(VOCAB)).float()
+    assert decode_ctc(logits_BTV) == [text]
+    assert decode_ctc(logits_BTV, torch.tensor([2])) == ["H"]
+    targets_BL, target_lengths_B = encode_batch([text, "OK"])
+    assert target_lengths_B.tolist() == [len(text), 2]
+    assert targets_BL.shape == (2, len(text)) and targets_BL[1, 2:].eq(0).all()
+
+
+def test_text_outside_the_vocabulary() -> None:
+    with pytest.raises(ValueError, match="outside the CTC vocabulary"):
+        encode_text("ROOM 101")
+    assert normalize_text("Room 101, please!") == "ROOM PLEASE"
+
+
+# ---- configuration and shapes -----------------------------------------------------------------
+
+
+def test_config_is_validated_and_round_trips() -> None:
+    with pytest.raises(ValueError, match="heads"):
+        ModelConfig(encoder_dim=100, encoder_heads=3)
+    with pytest.raises(ValueError, match="odd"):
+        ModelConfig(conv_kernel=4)
+    with pytest.raises(ValueError, match="at least 1"):
+        ModelConfig(decoder_layers=0)
+    with pytest.raises(ValueError, match="dropout"):
+        ModelConfig(dropout=1.0)
+    cfg = large()
+    assert ModelConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    assert base() == ModelConfig()
+
+
+@pytest.mark.parametrize(
+    ("preset", "low", "high"), [(tiny, 0.5e6, 3e6), (base, 30e6, 60e6), (large, 250e6, 400e6)]
+)
+def test_preset_shapes_and_sizes(preset, low: float, high: float) -> None:
+    B, T = 2, 5
+    on_meta = preset is large
+    video_BTHW, speaker_BD = _inputs(B, T)
+    if on_meta:
+        # Hundreds of millions of parameters: sized and traced without allocating anything.
+        with torch.device("meta"):
+            model = Lip2Speech(preset())
+        video_BTHW, speaker_BD, lengths_B = video_BTHW.to("meta"), speaker_BD.to("meta"), None
+    else:
+        model = Lip2Speech(preset()).eval()
+        lengths_B = torch.tensor([T, 3])
+    n_params = count_parameters(model)
+    print(f"{preset.__name__}: {n_params / 1e6:.2f} M parameters")
+    assert low < n_params < high
+    with torch.no_grad():
+        out = model(video_BTHW, lengths_B, speaker_BD)
+    F, M = T * MELS_PER_FRAME, model.cfg.n_mels
+    assert out.mel_BMF.shape == out.mel_post_BMF.shape == (B, M, F)
+    assert out.ctc_logits_BTV.shape == (B, T, len(VOCAB))
+    assert out.mel_lengths_B.shape == (B,)
+    if not on_meta:
+        assert out.mel_lengths_B.tolist() == [F, 3 * MELS_PER_FRAME]
+        assert torch.isfinite(out.mel_post_BMF).all()
+
+
+@pytest.mark.parametrize("T", [1, 3, 8])
+def test_exactly_four_mel_frames_per_video_frame(T: int) -> None:
+    model = _tiny_model().eval()
+    video_BTHW, speaker_BD = _inputs(3, T)
+    lengths_B = torch.tensor([T, max(1, T - 1), 1])
+    with torch.no_grad():
+        out = model(video_BTHW.unsqueeze(1), lengths_B, speaker_BD)  # the B×1×T×H×W layout
+    assert MELS_PER_FRAME == 4
+    assert out.mel_post_BMF.shape[-1] == 4 * T
+    assert out.mel_lengths_B.tolist() == (4 * lengths_B).tolist()
+
+
+def test_rejects_bad_lengths_and_speakers() -> None:
+    model = _tiny_model().eval()
+    video_BTHW, speaker_BD = _inputs(2, 4)
+    with pytest.raises(ValueError, match="lengths"):
+        model(video_BTHW, torch.tensor([4, 5]), speaker_BD)
+    with pytest.raises(ValueError, match="speaker"):
+        model(video_BTHW, torch.tensor([4, 2]), speaker_BD[:, :128])
+
+
+# ---- masking and conditioning -----------------------------------------------------------------
+
+
+def test_padding_does_not_change_valid_frames() -> None:
+    model = _tiny_model().eval()
+    T, short = 12, 7
+    video_BTHW, speaker_BD = _inputs(2, T)
+    # Whatever the padding holds must not matter: fill it with loud noise.
+    video_BTHW[1, short:] = 50 * torch.randn(T - short, SIZE, SIZE)
+    with torch.no_grad():
+        batch = model(video_BTHW, torch.tensor([T, short]), speaker_BD)
+        alone = model(video_BTHW[1:, :short], torch.tensor([short]), speaker_BD[1:])
+    F = short * MELS_PER_FRAME
+    torch.testing.assert_close(batch.mel_BMF[1, :, :F], alone.mel_BMF[0], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(
+        batch.mel_post_BMF[1, :, :F], alone.mel_post_BMF[0], atol=1e-4, rtol=1e-4
+    )
+    torch.testing.assert_close(
+        batch.ctc_logits_BTV[1, :short], alone.ctc_logits_BTV[0], atol=1e-4, rtol=1e-4
+    )
+    assert batch.mel_post_BMF[1, :, F:].eq(0).all()
+    assert batch.ctc_logits_BTV[1, short:].eq(0).all()
+
+
+def test_speaker_conditioning() -> None:
+    model = _tiny_model().eval()
+    video_BTHW, speaker_BD = _inputs(2, 4)
+    lengths_B = torch.tensor([4, 4])
+    with torch.no_grad():
+        mel = model(video_BTHW, lengths_B, speaker_BD).mel_post_BMF
+        other = model(video_BTHW, lengths_B, speaker_BD.flip(0)).mel_post_BMF
+        scaled = model(video_BTHW, lengths_B, 3 * speaker_BD).mel_post_BMF
+        none = model(video_BTHW, lengths_B, None).mel_post_BMF
+        zeros = model(video_BTHW, lengths_B, torch.zeros_like(speaker_BD)).mel_post_BMF
+    assert (mel - other).abs().max() > 1e-3
+    torch.testing.assert_close(mel, scaled)  # embeddings are renormalised (speaker averages)
+    torch.testing.assert_close(none, zeros)
+    # speaker_dropout=1 drops every embedding in training: the "no speaker" input.
+    dropping = _tiny_model(speaker_dropout=1.0, dropout=0.0).train()
+    with torch.no_grad():
+        dropped = dropping(video_BTHW, lengths_B, speaker_BD).mel_post_BMF
+        without = dropping(video_BTHW, lengths_B, None).mel_post_BMF
+    torch.testing.assert_close(dropped, without)
+
+
+# ---- losses -----------------------------------------------------------------------------------
+
+
+def test_losses_ignore_padding_and_missing_transcripts() -> None:
+    model = _tiny_model().eval()
+    T = 6
+    video_BTHW, speaker_BD = _inputs(2, T)
+    with torch.no_grad():
+        out = model(video_BTHW, torch.tensor([T, 4]), speaker_BD)
+    mel_BMF = torch.randn(2, 80, T * MELS_PER_FRAME)
+    total, parts = lip2speech_loss(out, mel_BMF)
+    assert set(parts) == {"mel_l1", "mel_l2", "post_l1", "post_l2"}
+    noisy_BMF = mel_BMF.clone()
+    noisy_BMF[1, :, 4 * MELS_PER_FRAME :] = float("nan")
+    torch.testing.assert_close(lip2speech_loss(out, noisy_BMF)[0], total)
+
+    targets_BL, target_lengths_B = encode_batch(["HI", ""])
+    with_text, parts = lip2speech_loss(out, mel_BMF, targets_BL, target_lengths_B)
+    alone = ctc_loss(out.ctc_logits_BTV[:1], out.lengths_B[:1], targets_BL[:1], torch.tensor([2]))
+    torch.testing.assert_close(parts["ctc"], alone)
+    torch.testing.assert_close(with_text, total + LossConfig().ctc_weight * alone)
+    _, parts = lip2speech_loss(out, mel_BMF, *encode_batch(["", ""]))
+    assert "ctc" not in parts
+    with pytest.raises(ValueError, match="shape"):
+        lip2speech_loss(out, mel_BMF[..., :-1])
+
+
+def test_tiny_model_overfits_a_small_batch() -> None:
+    """A real learning check: 50 Adam steps on 2 random clips must more than halve the loss."""
+    model = _tiny_model(dropout=0.0, speaker_dropout=0.0).train()
+    T = 12
+    video_BTHW, speaker_BD = _inputs(2, T, seed=1)
+    lengths_B = torch.tensor([T, 9])
+    mel_BMF = torch.randn(2, 80, T * MELS_PER_FRAME, generator=torch.Generator().manual_seed(2))
+    targets_BL, target_lengths_B = encode_batch(["BIN BLUE", "SET RED"])
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    losses, start = [], time.perf_counter()
+    for _ in range(50):
+        out = model(video_BTHW, lengths_B, speaker_BD)
+        loss, parts = lip2speech_loss(out, mel_BMF, targets_BL, target_lengths_B)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    print(
+        f"overfit: loss {losses[0]:.3f} → {losses[-1]:.3f} in {time.perf_counter() - start:.1f} s"
+    )
+    assert losses[-1] < 0.5 * losses[0]
+    assert parts["post_l1"] < 0.6 * 0.8  # |N(0,1)| averages 0.8: well below predicting zeros
