@@ -70,6 +70,79 @@ def synth(
     console.print(f"wrote {len(written)} clips to {out} in {elapsed:.1f} s{rate}")
 
 
+@app.command("synth-sheet")
+def synth_sheet(
+    corpus: Annotated[Path, typer.Argument(help="A corpus made by `l2s synth`.")],
+    out: Annotated[Path, typer.Argument(help="PNG to write.")],
+) -> None:
+    """Contact sheet of the synthetic mouths: one row per viseme, one column per speaker."""
+    from l2s.synth.sheet import viseme_sheet
+
+    console.print(f"wrote {viseme_sheet(corpus, out)}")
+
+
+@app.command()
+def manifest(
+    corpus: Annotated[str, typer.Argument(help="lrs2, lrs3, lrw, grid, folder or synthetic.")],
+    root: Annotated[str, typer.Argument(help="The corpus root (local path or s3://).")],
+    out: Annotated[str, typer.Argument(help="Manifest Parquet to write (local path or s3://).")],
+) -> None:
+    """Scan a corpus into a manifest: one row per utterance; says what it skipped and why."""
+    from l2s.corpora import scan, skip_counts, write_manifest
+
+    rows, skips = scan(corpus, root)
+    write_manifest(rows, out)
+    splits = Counter(r.split for r in rows)
+    console.print(
+        f"{len(rows)} utterances ({', '.join(f'{k} {v}' for k, v in sorted(splits.items()))}) → {out}"
+    )
+    for reason, count in skip_counts(skips).items():
+        console.print(f"  skipped {count}: {reason}")
+
+
+@app.command()
+def preprocess(
+    manifest_uri: Annotated[
+        str, typer.Argument(metavar="MANIFEST", help="Manifest Parquet (l2s manifest).")
+    ],
+    out: Annotated[str, typer.Argument(help="Feature dataset directory (local path or s3://).")],
+    backend: Annotated[
+        str, typer.Option(help="Face backend: dlib (offline default) or face_alignment.")
+    ] = "dlib",
+    weights_dir: Annotated[str | None, typer.Option(help="Staged face_alignment weights.")] = None,
+    shard_size: Annotated[int, typer.Option(help="Clips per Parquet shard.")] = 8,
+    workers: Annotated[int, typer.Option(help="Feature actors (0: one per CPU or GPU).")] = 0,
+    speaker_embeddings: Annotated[bool, typer.Option(help="Compute speaker embeddings.")] = True,
+) -> None:
+    """Video corpus → feature Parquet on Ray Data (resumable: a rerun skips what is written)."""
+    from l2s.face import FaceConfig
+    from l2s.features import FeatureConfig
+    from l2s.pipeline.preprocess import PreprocessConfig, run_preprocess
+
+    cfg = PreprocessConfig(
+        features=FeatureConfig(face=FaceConfig(backend=backend, weights_dir=weights_dir)),
+        shard_size=shard_size,
+        workers=workers or None,
+        speaker_embeddings=speaker_embeddings,
+    )
+    run_preprocess(manifest_uri, out, cfg)
+
+
+@app.command("roi-sheet")
+def roi_sheet(
+    features: Annotated[str, typer.Argument(help="Feature dataset directory.")],
+    out: Annotated[Path, typer.Argument(help="PNG to write.")],
+    limit: Annotated[int, typer.Option(help="Clips to show.")] = 12,
+) -> None:
+    """Contact sheet of mouth ROIs from a feature dataset: one row per clip."""
+    from l2s.face import contact_sheet
+    from l2s.pipeline.shards import read_features
+
+    rows = sorted(read_features(features), key=lambda r: r.id)[:limit]
+    path = contact_sheet([r.roi_THW() for r in rows], [r.id for r in rows], out)
+    console.print(f"wrote {path}")
+
+
 def summarize_corpus(root: Path) -> None:
     """Print clips, speakers and hours per split of a corpus in LRS3 layout."""
     import json

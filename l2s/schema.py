@@ -69,6 +69,7 @@ class FeatureRow:
     landmarks: bytes  # float32, T×68×2, in source-frame pixels
     speaker_embedding: list[float]  # float32, D, L2-normalised
     face_ratio: float  # fraction of frames where a face was detected (others interpolated)
+    n_faces: int  # most large faces seen together; the largest one is kept
 
     def roi_THW(self, size: int = 96) -> np.ndarray:
         return np.frombuffer(self.roi, dtype=np.uint8).reshape(self.n_frames, size, size)
@@ -93,6 +94,7 @@ FEATURE_SCHEMA = pa.schema(
         ("landmarks", pa.large_binary()),
         ("speaker_embedding", pa.list_(pa.float32())),
         ("face_ratio", pa.float32()),
+        ("n_faces", pa.int16()),
     ],
     metadata={"l2s.schema_version": str(SCHEMA_VERSION), "l2s.record": "features"},
 )

@@ -1,0 +1,92 @@
+"""Feature datasets on disk: Parquet shards written whole, the ids they hold, the metadata file.
+
+A dataset directory holds `features/part-*.parquet`, `errors/part-*.parquet` and `metadata.json`.
+Each shard is written to a temporary name and renamed (or uploaded in one piece to s3://), so a
+killed job leaves complete shards only; a rerun skips every id found in either table.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from l2s import storage
+from l2s.schema import ERROR_SCHEMA, FEATURE_SCHEMA, ErrorRow, FeatureRow, to_table
+
+FEATURES, ERRORS, METADATA = "features", "errors", "metadata.json"
+
+
+def shard_name(ids: list[str]) -> str:
+    """A shard's name follows from the ids in it, so a retried batch overwrites, never duplicates."""
+    return "part-" + hashlib.sha1("\n".join(sorted(ids)).encode()).hexdigest()[:16] + ".parquet"
+
+
+def write_table(table: pa.Table, uri: str) -> None:
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer)
+    storage.write_bytes(uri, buffer.getvalue())
+
+
+def write_shard(root: str, features: list[FeatureRow], errors: list[ErrorRow]) -> None:
+    ids = [r.id for r in features] + [r.id for r in errors]
+    name = shard_name(ids)
+    # Errors first: the features shard is what marks its ids as done.
+    if errors:
+        write_table(to_table(errors, ERROR_SCHEMA), storage.join(root, ERRORS, name))
+    if features:
+        write_table(to_table(features, FEATURE_SCHEMA), storage.join(root, FEATURES, name))
+
+
+def _shards(root: str, table: str) -> list[str]:
+    folder = storage.join(root, table)
+    if not storage.exists(folder):
+        return []
+    return [
+        u
+        for u in storage.list_files(folder, [".parquet"])
+        if u.rsplit("/", 1)[-1].startswith("part-")
+    ]
+
+
+def read_column(root: str, table: str, column: str) -> list:
+    values: list = []
+    for uri in _shards(root, table):
+        with storage.open_uri(uri) as f:
+            values.extend(pq.read_table(f, columns=[column]).column(column).to_pylist())
+    return values
+
+
+def done_ids(root: str) -> set[str]:
+    return set(read_column(root, FEATURES, "id")) | set(read_column(root, ERRORS, "id"))
+
+
+def read_errors(root: str) -> list[ErrorRow]:
+    rows = []
+    for uri in _shards(root, ERRORS):
+        with storage.open_uri(uri) as f:
+            rows.extend(ErrorRow(**r) for r in pq.read_table(f).to_pylist())
+    return rows
+
+
+def read_features(root: str, split: str | None = None) -> list[FeatureRow]:
+    """All feature rows (optionally of one split) with plain pyarrow; no Ray needed."""
+    rows = []
+    for uri in _shards(root, FEATURES):
+        with storage.open_uri(uri) as f:
+            table = pq.read_table(f)
+        if split is not None:
+            table = table.filter(pa.compute.equal(table["split"], split))
+        rows.extend(FeatureRow(**r) for r in table.to_pylist())
+    return rows
+
+
+def write_metadata(root: str, metadata: dict) -> None:
+    storage.write_bytes(storage.join(root, METADATA), json.dumps(metadata, indent=2).encode())
+
+
+def read_metadata(root: str) -> dict:
+    return json.loads(storage.read_bytes(storage.join(root, METADATA)))
