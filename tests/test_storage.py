@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -97,33 +95,6 @@ def test_local_atomic_write_is_all_or_nothing(tmp_path: Path) -> None:
     assert [p.name for p in target.parent.iterdir()] == ["manifest.parquet"]  # no temp file left
     with pytest.raises(ValueError, match="modes"):
         storage.atomic_write(str(target), "ab").__enter__()
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint() -> Iterator[str]:
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
-
-
-@pytest.fixture
-def bucket(s3_endpoint: str, monkeypatch, request) -> str:
-    """A fresh bucket on the local server, with dummy credentials set for this test only."""
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
-    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
-    monkeypatch.setenv("L2S_S3_ENDPOINT", s3_endpoint)
-    name = request.node.name.replace("_", "-").lower()[:60]
-    fs, _ = storage.filesystem(f"s3://{name}")
-    fs.mkdir(name)
-    return f"s3://{name}"
 
 
 def test_s3_round_trip(bucket: str) -> None:

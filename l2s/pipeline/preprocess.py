@@ -162,6 +162,8 @@ def preprocess(manifest: str, out: str, cfg: PreprocessConfig = PreprocessConfig
     import ray
     from ray.data import ActorPoolStrategy
 
+    from l2s.pipeline.runtime import worker_env
+
     start = time.perf_counter()
     todo, skipped = _todo(manifest, out)
     summary = Summary(skipped=skipped)
@@ -169,8 +171,13 @@ def preprocess(manifest: str, out: str, cfg: PreprocessConfig = PreprocessConfig
         n_actors, actor_resources = _resources(cfg)
         items = [asdict(r) for r in todo]
         ds = ray.data.from_items(items, override_num_blocks=max(1, len(items) // cfg.shard_size))
+        remote = worker_env()
         ds = ds.map_batches(
-            decode_batch, fn_kwargs={"cfg": cfg.features}, batch_size=cfg.shard_size, num_cpus=0.5
+            decode_batch,
+            fn_kwargs={"cfg": cfg.features},
+            batch_size=cfg.shard_size,
+            num_cpus=0.5,
+            **remote,
         )
         ds = ds.map_batches(
             Extract,
@@ -178,6 +185,7 @@ def preprocess(manifest: str, out: str, cfg: PreprocessConfig = PreprocessConfig
             batch_size=cfg.shard_size,
             compute=ActorPoolStrategy(min_size=1, max_size=n_actors),
             **actor_resources,
+            **remote,
         )
         for result in ds.iter_rows():
             summary.features += int(result["features"])

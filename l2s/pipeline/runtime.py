@@ -17,3 +17,15 @@ def connect() -> None:
     else:
         # address="local": never attach to a stale cluster left on this machine.
         ray.init(address="local", include_dashboard=False, log_to_driver=False)
+
+
+# What a worker needs to reach the same object store as the driver (a local S3-compatible server,
+# credentials given in the environment): forwarded to Ray tasks and actors as their runtime_env.
+FORWARDED_ENV = ("L2S_S3_ENDPOINT", "AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+                 "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION")  # fmt: skip
+
+
+def worker_env() -> dict:
+    """`ray_remote_args` carrying the driver's storage environment to the workers."""
+    env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
+    return {"runtime_env": {"env_vars": env}} if env else {}
