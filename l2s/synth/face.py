@@ -197,7 +197,7 @@ def paint_mouth(image_HWC: np.ndarray, landmarks_K2: np.ndarray, tuck: float) ->
         cv2.fillPoly(mask, [np.round(polygon * 16).astype(np.int32)], 1.0, cv2.LINE_AA, 4)
         return mask[..., None]
 
-    inner = points[60:68]
+    inner = _smooth_contour(points[60:68])
     cavity = mask_of(inner)
     # Cavity, tongue and teeth follow the speaker's skin brightness and lighting.
     brightness = float(image_HWC[tuple(np.round(landmarks_K2[33, ::-1]).astype(int))].mean()) / 150
@@ -209,15 +209,44 @@ def paint_mouth(image_HWC: np.ndarray, landmarks_K2: np.ndarray, tuck: float) ->
     )
     fill = dark + (tongue - dark) * (np.clip(depth - 0.55, 0, 1) * 1.5)[:, None, None]
     crop = crop * (1 - cavity) + fill * cavity
-    upper = points[[60, 61, 62, 63, 64]]
-    teeth = mask_of(np.concatenate([upper, upper[::-1] + 0.1 * half * across]))
-    # Upper teeth show inside the open mouth, and over the tucked lower lip of f/v.
-    teeth *= np.clip(cavity + tuck * mask_of(points[60:68]), 0, 1)
-    enamel = np.array([205, 200, 190]) * min(brightness, 1.2) ** 0.5
+    upper = _smooth_contour(points[[60, 61, 62, 63, 64]], closed=False)
+    teeth = mask_of(np.concatenate([upper, upper[::-1] + 0.12 * half * across]))
+    # Upper teeth show inside an open mouth (more as it opens), and over the tucked lower lip
+    # of f/v; they sit in the cavity's shade, so they are never paper white.
+    gap = float(np.linalg.norm(points[62] - points[66])) / half
+    teeth *= np.clip(cavity * np.clip(gap / 0.25, 0, 1) + tuck * mask_of(inner), 0, 1)
+    enamel = np.array([185, 178, 168]) * min(brightness, 1.2) ** 0.5
     crop = crop * (1 - teeth) + enamel * teeth
     out = image_HWC.copy()
     out[y0:y1, x0:x1] = np.clip(crop, 0, 255).astype(np.uint8)
     return out
+
+
+def _smooth_contour(points_N2: np.ndarray, closed: bool = True, per_segment: int = 6) -> np.ndarray:
+    """Catmull-Rom spline through landmark points: lips are curves, not 8-sided polygons."""
+    n = len(points_N2)
+    if closed:
+        padded = np.concatenate([points_N2[-1:], points_N2, points_N2[:2]])
+        segments = n
+    else:
+        padded = np.concatenate([points_N2[:1], points_N2, points_N2[-1:]])
+        segments = n - 1
+    t = np.linspace(0, 1, per_segment, endpoint=False)[:, None]
+    curve = []
+    for i in range(segments):
+        p0, p1, p2, p3 = padded[i : i + 4]
+        curve.append(
+            0.5
+            * (
+                2 * p1
+                + (p2 - p0) * t
+                + (2 * p0 - 5 * p1 + 4 * p2 - p3) * t**2
+                + (3 * p1 - p0 - 3 * p2 + p3) * t**3
+            )
+        )
+    if not closed:
+        curve.append(points_N2[-1:])
+    return np.concatenate(curve)
 
 
 def head_motion(n_frames: int, rng: np.random.Generator, fps: int = 25) -> np.ndarray:
@@ -240,7 +269,7 @@ def render(
     open_, width, round_, tuck = (float(x) for x in params_P)
     points = pose_landmarks(face, open_, width, round_, tuck, blink)
     image = warp(face.image_HWC, face.landmarks_K2, points)
-    if open_ > 0.02 or tuck > 0.05:
+    if open_ > 0.04 or tuck > 0.05:
         image = paint_mouth(image, points, tuck)
     angle, dx, dy, scale = motion_4
     centre = face.landmarks_K2[[0, 16, 8, 27]].mean(0)

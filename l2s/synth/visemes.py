@@ -33,7 +33,7 @@ VISEMES = {
     v.name: v
     for v in (
         Viseme("rest", 0.0, 0.5, 0.0, strength=(0.6, 0.6, 0.6, 1.0)),
-        Viseme("bilabial", 0.0, 0.5, 0.1, strength=(8.0, 0.6, 0.5, 1.0)),
+        Viseme("bilabial", 0.0, 0.5, 0.1, strength=(25.0, 0.6, 0.5, 1.0)),
         Viseme("labiodental", 0.12, 0.55, 0.0, tuck=1.0, strength=(4.0, 0.7, 0.7, 6.0)),
         Viseme("dental", 0.25, 0.6, 0.0, strength=(1.5, 0.6, 0.5, 1.0)),
         Viseme("alveolar", 0.18, 0.6, 0.0, strength=(1.0, 0.4, 0.3, 1.0)),
