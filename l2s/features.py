@@ -18,7 +18,8 @@ from l2s.audio import AudioError, load_audio, log_mel
 from l2s.config import AUDIO, MELS_PER_FRAME, VIDEO
 from l2s.face import FaceConfig, FaceDetector, FaceError, crop_mouth, detect_landmarks
 from l2s.schema import FeatureRow, ManifestRow
-from l2s.video import VideoError, probe, read_frames
+from l2s.speaker import SpeakerError
+from l2s.video import VideoError, iter_frames, probe
 
 SAMPLES_PER_FRAME = AUDIO.hop_length * MELS_PER_FRAME
 
@@ -75,7 +76,7 @@ def decode_clip(row: ManifestRow, cfg: FeatureConfig) -> DecodedClip:
     if not data:
         raise ClipError("read", f"{row.video} is empty (0 bytes)")
     try:
-        info = probe(io.BytesIO(data))
+        info = probe(_named(data, row.video))
         if info.duration > cfg.max_seconds:
             raise ClipError(
                 "decode",
@@ -85,18 +86,12 @@ def decode_clip(row: ManifestRow, cfg: FeatureConfig) -> DecodedClip:
             raise ClipError(
                 "audio", "no audio stream (the speech target comes from the clip's audio)"
             )
-        frames_THWC = read_frames(io.BytesIO(data), fps=VIDEO.fps)
-        audio_S = load_audio(io.BytesIO(data), AUDIO.sample_rate)
+        frames_THWC, scale = _read_frames(_named(data, row.video), cfg, info.duration)
+        audio_S = load_audio(_named(data, row.video), AUDIO.sample_rate)
     except VideoError as e:
-        raise ClipError("decode", str(e).replace("<_io.BytesIO object", row.video)) from e
+        raise ClipError("decode", str(e)) from e
     except AudioError as e:
         raise ClipError("audio", str(e)) from e
-    scale = min(1.0, cfg.max_side / max(frames_THWC.shape[1:3]))
-    if scale < 1.0:
-        size = (round(frames_THWC.shape[2] * scale), round(frames_THWC.shape[1] * scale))
-        frames_THWC = np.stack(
-            [cv2.resize(f, size, interpolation=cv2.INTER_AREA) for f in frames_THWC]
-        )
     n_frames = min(len(frames_THWC), len(audio_S) // SAMPLES_PER_FRAME)
     if n_frames < cfg.min_frames:
         raise ClipError(
@@ -109,6 +104,39 @@ def decode_clip(row: ManifestRow, cfg: FeatureConfig) -> DecodedClip:
         audio_S=audio_S[: n_frames * SAMPLES_PER_FRAME],
         scale=scale,
     )
+
+
+def _named(data: bytes, uri: str) -> io.BytesIO:
+    """The bytes as a file named by their URI, so decoder errors name the clip, not a buffer."""
+    buffer = io.BytesIO(data)
+    buffer.name = uri
+    return buffer
+
+
+def _read_frames(
+    source: io.BytesIO, cfg: FeatureConfig, stated_seconds: float
+) -> tuple[np.ndarray, float]:
+    """25 fps frames, each downscaled to `cfg.max_side` as it is decoded: a long 1080p clip never
+    sits in memory at full size. Also stops at `cfg.max_seconds`, which `probe` cannot enforce on
+    containers that state no duration (live-recorded WebM / MKV, as browsers write them)."""
+    limit = cfg.max_seconds * VIDEO.fps + 1
+    frames: list[np.ndarray] = []
+    scale, size = 1.0, None
+    for frame_HWC in iter_frames(source, fps=VIDEO.fps):
+        if len(frames) >= limit:
+            stated = f"{stated_seconds:.0f} s" if stated_seconds else "no duration"
+            raise ClipError(
+                "decode",
+                f"clip runs past the limit of {cfg.max_seconds:.0f} s while decoding "
+                f"(its container states {stated})",
+            )
+        if not frames:
+            scale = min(1.0, cfg.max_side / max(frame_HWC.shape[:2]))
+            size = (round(frame_HWC.shape[1] * scale), round(frame_HWC.shape[0] * scale))
+        if scale < 1.0:
+            frame_HWC = cv2.resize(frame_HWC, size, interpolation=cv2.INTER_AREA)
+        frames.append(frame_HWC)
+    return np.stack(frames), scale
 
 
 def clip_features(
@@ -132,7 +160,10 @@ def clip_features(
     if speaker_encoder is None:
         embedding = np.zeros(0, np.float32)
     else:
-        embedding = speaker_encoder.embed(clip.audio_S, AUDIO.sample_rate)
+        try:
+            embedding = speaker_encoder.embed(clip.audio_S, AUDIO.sample_rate)
+        except SpeakerError as e:
+            raise ClipError("speaker", f"no speaker embedding from the audio track: {e}") from e
     row = clip.row
     return FeatureRow(
         id=row.id,
