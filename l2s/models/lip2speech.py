@@ -209,6 +209,18 @@ class Lip2Speech(nn.Module):
             kernel_size=cfg.conv_kernel,
             dropout=cfg.dropout,
         )
+        # The network works on per-band standardised log-mels; these buffers (set from the
+        # training data by `set_mel_stats`, saved with the weights) map its output back to the
+        # mel contract. Without them training spends its first hundreds of steps on finding the
+        # mean level of log-mels that sit around -6, far from a fresh layer's zero output.
+        self.register_buffer("mel_mean_M", torch.zeros(cfg.n_mels))
+        self.register_buffer("mel_std_M", torch.ones(cfg.n_mels))
+
+    @torch.no_grad()
+    def set_mel_stats(self, mean_M: torch.Tensor, std_M: torch.Tensor) -> None:
+        """Per-band mean and standard deviation of the training log-mels."""
+        self.mel_mean_M.copy_(torch.as_tensor(mean_M, dtype=self.mel_mean_M.dtype))
+        self.mel_std_M.copy_(torch.as_tensor(std_M, dtype=self.mel_std_M.dtype).clamp_min(1e-3))
 
     def forward(
         self,
@@ -240,8 +252,10 @@ class Lip2Speech(nn.Module):
         x_BTC = x_BTC * (1.0 + scale_BC[:, None, :]) + shift_BC[:, None, :]
 
         y_BFC = self.decoder(self.upsample(x_BTC, mask_BF), mask_BF)
-        mel_BFM = self.mel_out(y_BFC)
-        mel_post_BFM = mel_BFM + self.postnet(mel_BFM, mask_BF)
+        z_BFM = self.mel_out(y_BFC)
+        z_post_BFM = z_BFM + self.postnet(z_BFM, mask_BF)
+        mean_M, std_M = self.mel_mean_M.to(z_BFM.dtype), self.mel_std_M.to(z_BFM.dtype)
+        mel_BFM, mel_post_BFM = z_BFM * std_M + mean_M, z_post_BFM * std_M + mean_M
         if mask_BT is not None:
             ctc_logits_BTV = ctc_logits_BTV.masked_fill(~mask_BT[..., None], 0.0)
             mel_BFM = mel_BFM.masked_fill(~mask_BF[..., None], 0.0)

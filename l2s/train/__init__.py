@@ -1,0 +1,179 @@
+"""Training on Ray Train: `train(TrainConfig)` runs (or resumes) a run; `load_checkpoint` gives the
+trained model back without Ray or DeepSpeed.
+
+    from l2s.train import TrainConfig, train, load_checkpoint
+    summary = train(TrainConfig(dataset="out/features", out="out/runs/tiny", steps=2000))
+    model, cfg, speakers = load_checkpoint(summary.checkpoint)
+
+The same `out` resumes: Ray Train finds the run by its name and storage path and hands every worker
+the latest checkpoint (Train V2). Modules: config (TrainConfig), data (dataset → batches),
+speakers (speaker table and bank), loop (the per-worker loop), validation, deepspeed (engine and
+config), checkpoint (layout, loading), logs (TensorBoard, metrics.jsonl), toy (a learnable toy
+dataset).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import posixpath
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from l2s import storage
+from l2s.train.checkpoint import load_checkpoint
+from l2s.train.config import TrainConfig
+
+__all__ = ["TrainConfig", "TrainSummary", "load_checkpoint", "train"]
+
+
+@dataclass(frozen=True)
+class TrainSummary:
+    """What a call of `train` did; `history` holds every report of the run, earlier attempts too."""
+
+    run: str  # the run directory (URI)
+    checkpoint: str | None  # its latest checkpoint (URI)
+    step: int
+    stopped: str  # "steps" (the step budget is done) or "time budget"
+    parameters: int
+    train_seconds: float  # over all attempts
+    metrics: dict = field(default_factory=dict)  # the last report
+    history: list[dict] = field(default_factory=list)
+
+
+def _worker_resources(cfg: TrainConfig) -> tuple[dict[str, float], int]:
+    """What each worker asks Ray for, and its torch thread count on CPU.
+
+    Workers get fractional CPUs that leave a quarter of the cluster (at least one CPU) to the
+    Ray Data tasks that feed them: Ray Data's file listing asks for a whole CPU, and on a small
+    machine whole-CPU workers would leave it none, so the read never starts.
+    """
+    import ray
+
+    total = float(ray.cluster_resources().get("CPU", 1.0))
+    per_worker = cfg.cpus_per_worker or max(0.25, (total - max(1.0, total / 4)) / cfg.num_workers)
+    resources = {"CPU": per_worker}
+    if cfg.use_gpu:
+        resources["GPU"] = 1.0
+        gpus = ray.cluster_resources().get("GPU", 0.0)
+        if gpus < cfg.num_workers:
+            print(f"[l2s.train] waiting for {cfg.num_workers} GPUs; the cluster has {gpus:g} now")
+    # Threads follow the cores, not the reservation: the readers mostly wait on I/O.
+    return resources, max(1, int(total // cfg.num_workers))
+
+
+@contextlib.contextmanager
+def _echo_reports(run: str, steps: int, every_s: float = 5.0):
+    """Print each report rank 0 appends to metrics.jsonl while training runs: the workers' own
+    output stays in Ray's logs (their Ray Data progress bars would drown it)."""
+    from l2s.train.logs import read_metrics
+    from l2s.train.loop import summary_line
+
+    done = threading.Event()
+
+    def echo() -> None:
+        seen = len(read_metrics(run))
+        while not done.wait(every_s):
+            try:
+                history = read_metrics(run)
+            except (OSError, ValueError):  # mid-write, or storage briefly unreachable
+                continue
+            for metrics in history[seen:]:
+                print(f"[l2s.train] {metrics['step']}/{steps}  {summary_line(metrics)}", flush=True)
+            seen = max(seen, len(history)) if history else 0
+
+    thread = threading.Thread(target=echo, name="l2s-train-echo", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
+
+
+def train(cfg: TrainConfig, *, callbacks: Sequence = ()) -> TrainSummary:
+    """Train (or resume) the run `cfg.out` on the current Ray cluster (a local one when none is
+    attached); return when it is done. `callbacks` are `ray.train.UserCallback`s, run by the
+    Ray Train controller after each report."""
+    import ray.train
+    import torch
+    from ray.train.torch import TorchTrainer
+
+    from l2s.models.lip2speech import Lip2Speech, count_parameters
+    from l2s.pipeline.runtime import connect, worker_env
+    from l2s.train.checkpoint import latest_checkpoint, read_config
+    from l2s.train.data import DatasetError, index_dataset, read_split
+    from l2s.train.logs import read_metrics
+    from l2s.train.loop import train_loop
+
+    connect()
+    index = index_dataset(cfg.dataset, cfg.val_utterances, cfg.n_val_audio, cfg.seed)
+    if index.speakers.dim != cfg.model_config.speaker_dim:
+        raise DatasetError(
+            f"{cfg.dataset}: speaker embeddings of size {index.speakers.dim}, "
+            f"the model takes {cfg.model_config.speaker_dim}"
+        )
+    with torch.device("meta"):
+        parameters = count_parameters(Lip2Speech(cfg.model_config))
+    resources, threads = _worker_resources(cfg)
+    print(
+        f"[l2s.train] {cfg.preset}: {parameters:,} parameters; {cfg.num_workers} {cfg.strategy} "
+        f"worker(s) × {resources}; data {index.counts}; val subset {len(index.val_ids)} clips"
+    )
+
+    datasets = {"train": read_split(index, "train", shuffle_files=True)}
+    if index.val_ids:
+        datasets["val"] = read_split(index, "val", shuffle_files=False)
+    run = storage.normalize(cfg.out)
+    if storage.is_local(run):
+        storage_path, storage_fs = os.path.dirname(run), None
+    else:
+        storage_fs, path = storage.arrow_filesystem(run)
+        storage_path = posixpath.dirname(path)
+    env = {"OMP_WAIT_POLICY": "PASSIVE", **worker_env().get("runtime_env", {}).get("env_vars", {})}
+    trainer = TorchTrainer(
+        train_loop,
+        train_loop_config={
+            "train": cfg.to_dict(),
+            "speakers": index.speakers.to_dict(),
+            "bank": index.bank,
+            "val_ids": list(index.val_ids),
+            "audio_ids": list(index.audio_ids),
+            "mel_stats": [index.mel_mean_M.tolist(), index.mel_std_M.tolist()],
+            "dataset_metadata": index.metadata,
+            "threads": threads,
+        },
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, resources_per_worker=resources
+        ),
+        run_config=ray.train.RunConfig(
+            name=posixpath.basename(run),
+            storage_path=storage_path,
+            storage_filesystem=storage_fs,
+            failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
+            worker_runtime_env={"env_vars": env},
+            callbacks=list(callbacks),
+        ),
+        datasets=datasets,
+        # The val split is not sharded: every worker picks its share of the fixed val subset.
+        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
+    )
+    with _echo_reports(run, cfg.steps):
+        trainer.fit()
+
+    latest = latest_checkpoint(run)
+    progress = read_config(latest)["progress"] if latest else {"step": 0, "train_seconds": 0.0}
+    history = read_metrics(run)
+    step = int(progress["step"])
+    return TrainSummary(
+        run=run,
+        checkpoint=latest,
+        step=step,
+        stopped="steps" if step >= cfg.steps else "time budget",
+        parameters=parameters,
+        train_seconds=float(progress["train_seconds"]),
+        metrics=history[-1] if history else {},
+        history=history,
+    )

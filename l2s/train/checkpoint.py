@@ -1,0 +1,125 @@
+"""Checkpoints: what one holds, writing it, and loading it back without Ray or DeepSpeed.
+
+A checkpoint is a directory `checkpoint_<step>` in the run directory (Ray Train writes it there):
+  model.pt         plain `Lip2Speech` fp32 state dict + the exact TrainConfig / ModelConfig, the
+                   speaker table, the dataset's metadata, the training progress (nanoGPT's dict)
+  config.json      the same configs, progress and metrics as JSON, for people and tools
+  train_state.pt   DDP runs: the optimizer state
+  deepspeed/       DeepSpeed runs: the engine's own checkpoint (ZeRO-partitioned optimizer state),
+                   one file per rank, merged into this directory by Ray Train
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import posixpath
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from l2s import storage
+from l2s.models.lip2speech import Lip2Speech, ModelConfig
+from l2s.train.config import TrainConfig
+from l2s.train.speakers import SpeakerTable
+
+MODEL_FILE = "model.pt"
+CONFIG_FILE = "config.json"
+TRAIN_STATE_FILE = "train_state.pt"
+DEEPSPEED_DIR = "deepspeed"
+DEEPSPEED_TAG = "state"
+PREFIX = "checkpoint_"
+
+
+@dataclass
+class Progress:
+    """How far a run has got; training continues from here on resume."""
+
+    step: int = 0
+    epoch: int = 0
+    samples: int = 0
+    train_seconds: float = 0.0  # wall time of all attempts so far (the time budget counts this)
+    world_size: int = 1
+    strategy: str = "ddp"
+
+
+def checkpoint_name(step: int) -> str:
+    return f"{PREFIX}{step:08d}"
+
+
+def write_model(
+    folder: Path,
+    state_dict: dict[str, torch.Tensor],
+    cfg: TrainConfig,
+    speakers: SpeakerTable,
+    progress: Progress,
+    metrics: dict,
+    dataset_metadata: dict,
+) -> None:
+    """model.pt and config.json into a local folder (rank 0 only)."""
+    configs = {
+        "train_config": cfg.to_dict(),
+        "model_config": cfg.model_config.to_dict(),
+        "progress": asdict(progress),
+        "dataset": dataset_metadata,
+    }
+    torch.save(
+        {"model": state_dict, "speakers": speakers.to_dict(), **configs}, folder / MODEL_FILE
+    )
+    (folder / CONFIG_FILE).write_text(json.dumps({**configs, "metrics": metrics}, indent=2))
+
+
+def read_model(folder: str | Path) -> dict:
+    """The checkpoint dict of a local checkpoint folder or a checkpoint URI."""
+    uri = storage.join(str(folder), MODEL_FILE)
+    # weights_only: the file holds tensors and plain containers only, so nothing executes on load.
+    return torch.load(io.BytesIO(storage.read_bytes(uri)), map_location="cpu", weights_only=True)
+
+
+def read_config(checkpoint: str) -> dict:
+    """config.json of a checkpoint: its configs, progress and metrics (no weights loaded)."""
+    return json.loads(storage.read_bytes(storage.join(checkpoint, CONFIG_FILE)))
+
+
+def latest_checkpoint(run: str) -> str | None:
+    """The URI of the newest complete checkpoint in a run directory, or None."""
+    fs, path = storage.filesystem(run)
+    if not fs.exists(path):
+        return None
+    names = sorted(
+        posixpath.basename(p.rstrip("/"))
+        for p in fs.ls(path, detail=False)
+        if posixpath.basename(p.rstrip("/")).startswith(PREFIX)
+    )
+    for name in reversed(names):
+        uri = storage.join(storage.normalize(run), name)
+        if storage.exists(storage.join(uri, MODEL_FILE)):
+            return uri
+    return None
+
+
+def resolve(uri: str) -> str:
+    """A checkpoint URI as given, or the latest checkpoint of a run directory."""
+    if storage.exists(storage.join(uri, MODEL_FILE)):
+        return storage.normalize(uri)
+    latest = latest_checkpoint(uri)
+    if latest is None:
+        raise FileNotFoundError(f"{uri}: neither a checkpoint nor a run directory with one")
+    return latest
+
+
+def load_checkpoint(
+    uri: str, device: str | torch.device = "cpu"
+) -> tuple[Lip2Speech, TrainConfig, SpeakerTable]:
+    """A trained model (eval mode, on `device`), its exact TrainConfig and its speaker table, from
+    a checkpoint or a run directory (its latest checkpoint), local or s3://. Needs neither Ray nor
+    DeepSpeed."""
+    saved = read_model(resolve(uri))
+    model = Lip2Speech(ModelConfig.from_dict(saved["model_config"]))
+    model.load_state_dict(saved["model"])
+    return (
+        model.to(device).eval(),
+        TrainConfig.from_dict(saved["train_config"]),
+        SpeakerTable.from_dict(saved["speakers"]),
+    )

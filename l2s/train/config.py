@@ -1,0 +1,160 @@
+"""`TrainConfig`: everything one training run needs, validated on construction, saved in every
+checkpoint as JSON (STYLE.md 5, 6).
+
+A run is named by its output URI: rerunning with the same `out` resumes from its latest checkpoint.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields
+from typing import Literal
+
+from l2s.config import AUDIO
+from l2s.models.lip2speech import PRESETS, ModelConfig
+from l2s.models.losses import LossConfig
+
+Strategy = Literal["ddp", "deepspeed"]
+Precision = Literal["auto", "fp32", "bf16"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    """One training run. Defaults suit the `tiny` preset on a 2-core CPU; see `l2s train --help`."""
+
+    dataset: (
+        str  # feature dataset directory (features/part-*.parquet + metadata.json), local or s3://
+    )
+    out: str  # run directory, local or s3://: checkpoints, TensorBoard logs, metrics.jsonl
+    preset: str = "tiny"
+    model: ModelConfig | None = None  # None: the preset's sizes
+    loss: LossConfig = field(default_factory=LossConfig)
+
+    # Optimisation. The learning rate warms up linearly, then follows a cosine down to
+    # lr * min_lr_ratio at the end of the budget: the step budget, or the time budget when that
+    # runs out first (decaying over the whole budget beat early decay here, ENVIRONMENT.md).
+    steps: int = 2000
+    batch_size: int = 8  # utterances per worker and step (the most, when max_frames also binds)
+    max_frames: int | None = None  # padded video frames per worker batch (length bucketing cap)
+    max_clip_frames: int = 250  # longer clips are cut to a window this long (10 s at 25 fps)
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.05
+    warmup_steps: int = 100
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    augment: bool = True  # random 88×88 crops and horizontal flips (train split only)
+    # auto-AVSR's time masking (on top of `augment`): a regulariser for long runs; a run of
+    # minutes underfits, and hiding a fifth of its frames only slows it down.
+    time_mask: bool = True
+
+    # Validation, checkpoints, logs.
+    val_every: int = 200
+    ckpt_every: int = 500
+    val_utterances: int = 200  # val rows scored for mel L1 (a fixed, deterministic subset)
+    n_val_audio: int = 4  # of those, how many are vocoded (Griffin-Lim) for STOI / ESTOI
+    log_every: int = 10  # steps between TensorBoard scalars
+    keep_checkpoints: int = 3
+
+    # Where it runs.
+    strategy: Strategy = "ddp"
+    zero_stage: int = 2
+    precision: Precision = "auto"  # auto: bf16 on GPU, fp32 on CPU
+    nodes: int = 1
+    gpus_per_node: int = 0  # 0: train on CPU with `workers` workers
+    workers: int = 2
+    cpus_per_worker: float | None = (
+        None  # None: share the cluster's CPUs, leaving some for Ray Data
+    )
+    time_budget_min: float | None = None  # total training time over all attempts of this run
+    max_failures: int = 1  # worker-group restarts from the latest checkpoint before giving up
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.dataset or not self.out:
+            raise ValueError("dataset and out must both be given")
+        if self.preset not in PRESETS:
+            raise ValueError(f"unknown preset {self.preset!r} (expected one of {sorted(PRESETS)})")
+        at_least_one = (
+            "steps", "batch_size", "max_clip_frames", "val_every", "ckpt_every", "log_every",
+            "keep_checkpoints", "nodes", "workers",
+        )  # fmt: skip
+        small = [name for name in at_least_one if getattr(self, name) < 1]
+        if small:
+            raise ValueError(f"these must be at least 1: {small}")
+        if self.max_frames is not None and self.max_frames < self.max_clip_frames:
+            raise ValueError(
+                f"max_frames {self.max_frames} must hold one whole clip (max_clip_frames "
+                f"{self.max_clip_frames})"
+            )
+        if not self.lr > 0 or not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError(
+                f"need lr > 0 and 0 <= min_lr_ratio <= 1, got {self.lr}, {self.min_lr_ratio}"
+            )
+        if not 0 <= self.warmup_steps < self.steps:
+            raise ValueError(f"warmup_steps must lie in [0, steps), got {self.warmup_steps}")
+        if self.weight_decay < 0 or self.grad_clip < 0:
+            raise ValueError("weight_decay and grad_clip must be non-negative (grad_clip 0: off)")
+        if self.val_utterances < 0 or not 0 <= self.n_val_audio <= self.val_utterances:
+            raise ValueError(
+                f"need 0 <= n_val_audio <= val_utterances, got {self.n_val_audio}, {self.val_utterances}"
+            )
+        if self.strategy not in ("ddp", "deepspeed"):
+            raise ValueError(f"strategy must be 'ddp' or 'deepspeed', got {self.strategy!r}")
+        if self.zero_stage not in (0, 1, 2, 3):
+            raise ValueError(f"zero_stage must be 0, 1, 2 or 3, got {self.zero_stage}")
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise ValueError(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
+        if self.gpus_per_node < 0:
+            raise ValueError(f"gpus_per_node must be >= 0, got {self.gpus_per_node}")
+        if self.cpus_per_worker is not None and not self.cpus_per_worker > 0:
+            raise ValueError(f"cpus_per_worker must be > 0, got {self.cpus_per_worker}")
+        if self.time_budget_min is not None and not self.time_budget_min > 0:
+            raise ValueError(f"time_budget_min must be > 0, got {self.time_budget_min}")
+        if self.max_failures < -1:
+            raise ValueError(
+                f"max_failures must be >= -1 (-1: retry forever), got {self.max_failures}"
+            )
+        if self.model_config.n_mels != AUDIO.n_mels:
+            raise ValueError(
+                f"model n_mels {self.model_config.n_mels} != {AUDIO.n_mels} (the mel contract)"
+            )
+
+    @property
+    def model_config(self) -> ModelConfig:
+        return self.model if self.model is not None else PRESETS[self.preset]()
+
+    @property
+    def use_gpu(self) -> bool:
+        return self.gpus_per_node > 0
+
+    @property
+    def num_workers(self) -> int:
+        return self.nodes * self.gpus_per_node if self.use_gpu else self.workers
+
+    @property
+    def bf16(self) -> bool:
+        return self.precision == "bf16" or (self.precision == "auto" and self.use_gpu)
+
+    @property
+    def time_budget_s(self) -> float:
+        return math.inf if self.time_budget_min is None else 60.0 * self.time_budget_min
+
+    def to_dict(self) -> dict:
+        """JSON-ready; `model` is written out in full (the preset's sizes when it was None)."""
+        values = asdict(self)
+        values["model"] = self.model_config.to_dict()
+        return values
+
+    @classmethod
+    def from_dict(cls, values: dict) -> TrainConfig:
+        """Inverse of `to_dict`, also after a JSON round trip; unknown keys are an error."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown TrainConfig fields: {unknown}")
+        values = dict(values)
+        if values.get("model") is not None:
+            values["model"] = ModelConfig.from_dict(values["model"])
+        if values.get("loss") is not None:
+            values["loss"] = LossConfig(**values["loss"])
+        return cls(**values)

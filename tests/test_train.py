@@ -1,0 +1,216 @@
+"""Training (issue 4): the data path, the speaker rule, and real Ray Train runs on the toy dataset —
+DDP learning, a killed run resuming from its checkpoint, and DeepSpeed ZeRO-2 on CPU.
+
+The toy dataset (`l2s.train.toy`) has mels that follow the mouth opening in its ROIs, so a model
+that learns lowers the validation mel error well below the mean-mel level it starts from.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from l2s.models.lip2speech import Lip2Speech, tiny
+from l2s.train import TrainConfig, load_checkpoint, train
+from l2s.train.checkpoint import latest_checkpoint, read_config
+from l2s.train.data import bucket, collate, cut, index_dataset, utterances
+from l2s.train.logs import read_metrics
+from l2s.train.loop import learning_rate
+from l2s.train.speakers import SpeakerBank
+from l2s.train.toy import ToyConfig, toy_rows, write_toy_features
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("toy")
+    write_toy_features(str(out), ToyConfig(speakers=3, utterances=16))
+    return out
+
+
+def test_index_reads_counts_speakers_and_mel_stats(toy: Path) -> None:
+    index = index_dataset(str(toy), val_utterances=4, n_val_audio=2)
+    assert index.counts == {"train": 36, "val": 6, "test": 6}
+    assert index.speakers.speakers == ("toy00", "toy01", "toy02")
+    assert len(index.val_ids) == 4 and set(index.audio_ids) <= set(index.val_ids)
+    mels = [
+        r.mel_MF() for r in toy_rows(ToyConfig(speakers=3, utterances=16)) if r.split == "train"
+    ]
+    frames_FM = np.concatenate([m.T for m in mels])
+    np.testing.assert_allclose(index.mel_mean_M, frames_FM.mean(0), rtol=1e-4, atol=1e-4)
+
+
+def test_a_clip_is_never_conditioned_on_its_own_audio() -> None:
+    rng = np.random.default_rng(0)
+    ids = [f"s/{i}" for i in range(5)]
+    embeddings_ND = np.eye(5, 8, dtype=np.float32)
+    bank = SpeakerBank.from_embeddings(ids, ["s"] * 5, embeddings_ND, per_speaker=5)
+    for i, clip in enumerate(ids):
+        for _ in range(20):
+            assert not np.array_equal(bank.other("s", clip, rng), embeddings_ND[i])
+    # A speaker with a single utterance gets the "no speaker" input, not its own embedding.
+    lone = SpeakerBank.from_embeddings(["x/0"], ["x"], embeddings_ND[:1])
+    assert not lone.other("x", "x/0", rng).any()
+
+
+def test_bucketing_yields_every_clip_once_in_similar_lengths() -> None:
+    rows = toy_rows(ToyConfig(speakers=2, utterances=24, min_frames=10, max_frames=80))
+    batch = {
+        "id": np.array([r.id for r in rows]),
+        "speaker": np.array([r.speaker for r in rows]),
+        "transcript": np.array([r.transcript for r in rows], dtype=object),
+        "n_frames": np.array([r.n_frames for r in rows]),
+        "roi": np.array([r.roi for r in rows], dtype=object),
+        "mel": np.array([r.mel for r in rows], dtype=object),
+    }
+    rng = np.random.default_rng(0)
+    clips = [cut(u, 50, rng) for u in utterances(batch)]
+    assert max(c.n_frames for c in clips) == 50
+    assert all(c.transcript == "" for c in clips if c.n_frames == 50 and c.mel_MF.shape[1] == 200)
+    groups = list(bucket(clips, batch_size=4, max_frames=120, rng=rng, window_batches=4))
+    assert sorted(c.id for g in groups for c in g) == sorted(r.id for r in rows)
+    assert all(len(g) * max(c.n_frames for c in g) <= 120 for g in groups)
+    padded = sum(len(g) * max(c.n_frames for c in g) for g in groups)
+    assert padded < 1.25 * sum(c.n_frames for c in clips)  # similar lengths share a batch
+    out = collate(groups[0], np.zeros((len(groups[0]), 256), np.float32), rng)
+    assert out.video_BTHW.shape[-2:] == (88, 88)
+    assert out.mel_BMF.shape[-1] == 4 * out.video_BTHW.shape[1]
+
+
+def test_learning_rate_warms_up_then_decays_with_steps_or_time() -> None:
+    cfg = TrainConfig(dataset="d", out="o", steps=1000, warmup_steps=100, lr=1e-3, min_lr_ratio=0.1)
+    assert learning_rate(0, cfg) < learning_rate(99, cfg) <= 1e-3
+    assert learning_rate(100, cfg) == pytest.approx(1e-3)
+    assert learning_rate(999, cfg) == pytest.approx(1e-4)
+    assert learning_rate(200, cfg, time_fraction=1.0) == pytest.approx(1e-4)
+    assert TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == TrainConfig(
+        **{**cfg.__dict__, "model": tiny()}
+    )
+
+
+def test_mel_stats_map_the_network_output_to_the_mel_contract() -> None:
+    model = Lip2Speech(tiny()).eval()
+    video_BTHW = torch.zeros(1, 6, 88, 88)
+    before = model(video_BTHW).mel_post_BMF
+    model.set_mel_stats(torch.full((80,), -5.0), torch.full((80,), 2.0))
+    after = model(video_BTHW).mel_post_BMF
+    torch.testing.assert_close(after, before * 2.0 - 5.0)
+    assert "mel_mean_M" in model.state_dict()
+
+
+def test_ddp_training_learns_and_checkpoints_load_without_ray(
+    toy: Path, tmp_path: Path, ray_local
+) -> None:
+    cfg = TrainConfig(
+        dataset=str(toy),
+        out=str(tmp_path / "run"),
+        steps=120,
+        batch_size=6,
+        warmup_steps=10,
+        lr=3e-3,
+        val_every=40,
+        ckpt_every=60,
+        workers=2,
+        seed=1,
+    )
+    summary = train(cfg)
+    assert summary.step == 120 and summary.stopped == "steps"
+    history = read_metrics(cfg.out)
+    assert [m["step"] for m in history] == [40, 60, 80, 120]
+    first, last = history[0]["val/post_l1"], history[-1]["val/post_l1"]
+    assert last < 0.7 * first, (first, last)
+    model, saved_cfg, speakers = load_checkpoint(cfg.out)
+    assert saved_cfg.to_dict() == cfg.to_dict()
+    assert speakers.speakers == ("toy00", "toy01", "toy02")
+    assert (Path(cfg.out) / "tensorboard").is_dir() and list(
+        (Path(cfg.out) / "tensorboard").iterdir()
+    )
+    assert (
+        not model.training and model.mel_std_M.min() > 0
+    )  # the training mel statistics came along
+
+
+def _train_command(dataset: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        sys.executable, "-m", "l2s.cli", "train", str(dataset), "--out", str(out),
+        "--batch-size", "6", "--warmup-steps", "5", "--val-every", "10", "--ckpt-every", "10",
+        "--workers", "2", *extra,
+    ]  # fmt: skip
+
+
+def test_a_killed_run_resumes_from_its_last_checkpoint(toy: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    command = _train_command(toy, out, "--steps", "60")
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    first = subprocess.Popen(
+        command,
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while latest_checkpoint(str(out)) is None:
+            assert first.poll() is None, "training ended before its first checkpoint"
+            assert time.monotonic() < deadline, "no checkpoint within 300 s"
+            time.sleep(0.5)
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)  # the driver, its local Ray and the workers
+        first.wait()
+    killed_at = read_config(latest_checkpoint(str(out)))["progress"]["step"]
+    assert 10 <= killed_at < 60
+
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    history = read_metrics(str(out))
+    assert history[-1]["step"] == 60
+    assert history[-1]["resumed_from"] == killed_at
+    steps = [m["step"] for m in history]
+    assert steps == sorted(set(steps))  # no step reported twice after the resume
+
+
+def test_deepspeed_zero2_on_cpu_trains_checkpoints_and_resumes(
+    toy: Path, tmp_path: Path, ray_local
+) -> None:
+    pytest.importorskip("deepspeed")
+    base = dict(
+        dataset=str(toy), out=str(tmp_path / "ds"), batch_size=6, warmup_steps=2,
+        val_every=6, ckpt_every=6, workers=2, strategy="deepspeed", zero_stage=2,
+    )  # fmt: skip
+    first = train(TrainConfig(**base, steps=6))
+    assert first.step == 6
+    checkpoint = Path(first.checkpoint)
+    # Every rank wrote its ZeRO partition of the optimizer state into the one checkpoint.
+    partitions = list((checkpoint / "deepspeed").rglob("*optim_states.pt"))
+    assert len(partitions) == 2, list((checkpoint / "deepspeed").rglob("*"))
+    second = train(TrainConfig(**base, steps=12))
+    assert second.step == 12
+    history = read_metrics(base["out"])
+    assert history[-1]["resumed_from"] == 6
+    model, cfg, _ = load_checkpoint(second.checkpoint)
+    assert cfg.strategy == "deepspeed"
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+@pytest.mark.gpu
+def test_deepspeed_zero2_bf16_on_a_gpu(toy: Path, tmp_path: Path, ray_local) -> None:
+    cfg = TrainConfig(
+        dataset=str(toy), out=str(tmp_path / "gpu"), preset="base", steps=20, batch_size=8,
+        warmup_steps=2, val_every=10, ckpt_every=10, gpus_per_node=1, strategy="deepspeed",
+    )  # fmt: skip
+    assert cfg.bf16
+    summary = train(cfg)
+    assert summary.step == 20
+    history = read_metrics(cfg.out)
+    assert history[-1]["train/loss"] < history[0]["train/loss"]
+    model, _, _ = load_checkpoint(summary.checkpoint)
+    assert next(model.parameters()).dtype == torch.float32  # fp32 master weights, not bf16 copies
