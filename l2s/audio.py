@@ -16,6 +16,7 @@ import numpy as np
 import soundfile as sf
 import torch
 
+from l2s import storage
 from l2s.config import AUDIO, AudioConfig
 
 
@@ -33,6 +34,8 @@ def load_audio(source: str | Path | BinaryIO, sample_rate: int = AUDIO.sample_ra
     with container:
         if not container.streams.audio:
             raise AudioError(f"{name}: no audio stream")
+        stream = container.streams.audio[0]
+        padding_limit = _padding_limit(stream, sample_rate)
         resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
         chunks = []
         try:
@@ -43,11 +46,33 @@ def load_audio(source: str | Path | BinaryIO, sample_rate: int = AUDIO.sample_ra
             raise AudioError(f"{name}: audio decode failed ({e})") from e
     if not chunks:
         raise AudioError(f"{name}: audio stream is empty")
-    return np.concatenate(chunks).astype(np.float32)
+    wav_S = np.concatenate(chunks).astype(np.float32)
+    if padding_limit is not None and 0 < len(wav_S) - padding_limit[0] <= padding_limit[1]:
+        wav_S = wav_S[: padding_limit[0]]
+    return wav_S
+
+
+def _padding_limit(stream: av.audio.stream.AudioStream, sample_rate: int) -> tuple[int, int] | None:
+    """(samples the container states, most samples of codec padding) at `sample_rate`, if known.
+
+    AAC and other frame-based codecs pad the last frame (1024 samples for AAC, 64 ms at 16 kHz,
+    1.6 video frames); FFmpeg decodes the padding although MP4 states the true duration. Only an
+    excess smaller than one codec frame is cut, so a duration that is merely estimated (MP3
+    without a header) never cuts real audio.
+    """
+    if not stream.duration or stream.time_base is None or not stream.rate:
+        return None
+    stated = round(float(stream.duration * stream.time_base) * sample_rate)
+    frame_size = stream.codec_context.frame_size or 0
+    return stated, int(np.ceil(frame_size * sample_rate / stream.rate)) + 1
 
 
 def write_wav(path: str | Path, wav_S: np.ndarray, sample_rate: int = AUDIO.sample_rate) -> None:
-    sf.write(str(path), np.asarray(wav_S, dtype=np.float32), sample_rate, subtype="PCM_16")
+    """16-bit PCM WAV (local path or s3://), written whole or not at all; folders are made."""
+    with storage.atomic_write(str(path)) as f:
+        sf.write(
+            f, np.asarray(wav_S, dtype=np.float32), sample_rate, format="WAV", subtype="PCM_16"
+        )
 
 
 @functools.cache

@@ -143,6 +143,147 @@ def roi_sheet(
     console.print(f"wrote {path}")
 
 
+@app.command()
+def train(
+    dataset: Annotated[str, typer.Argument(help="Feature dataset directory (l2s preprocess).")],
+    out: Annotated[
+        str, typer.Option(help="Run directory (local or s3://); the same one resumes.")
+    ] = "out/runs/tiny",
+    preset: Annotated[str, typer.Option(help="Model size: tiny, base or large.")] = "tiny",
+    nodes: Annotated[int, typer.Option(help="Nodes (with --gpus-per-node).")] = 1,
+    gpus_per_node: Annotated[int, typer.Option(help="GPUs per node (0: train on CPU).")] = 0,
+    workers: Annotated[int, typer.Option(help="CPU training workers (no GPUs).")] = 2,
+    strategy: Annotated[
+        str | None,
+        typer.Option(help="ddp or deepspeed [default: deepspeed for base/large on GPUs, else ddp]"),
+    ] = None,
+    zero_stage: Annotated[int, typer.Option(help="DeepSpeed ZeRO stage.")] = 2,
+    steps: Annotated[int, typer.Option(help="Optimizer steps in all.")] = 2000,
+    time_budget: Annotated[
+        float | None, typer.Option(help="Minutes of training in all (over resumes).")
+    ] = None,
+    batch_size: Annotated[int, typer.Option(help="Clips per worker and step.")] = 8,
+    lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 1e-3,
+    warmup_steps: Annotated[int, typer.Option(help="Linear warm-up steps.")] = 100,
+    ctc_weight: Annotated[float, typer.Option(help="Weight of the CTC text task.")] = 0.1,
+    time_mask: Annotated[
+        bool, typer.Option(help="Time masking (helps long runs; slows runs of minutes).")
+    ] = True,
+    val_every: Annotated[int, typer.Option(help="Steps between validations.")] = 200,
+    ckpt_every: Annotated[int, typer.Option(help="Steps between checkpoints.")] = 500,
+    precision: Annotated[str, typer.Option(help="auto (bf16 on GPU), fp32 or bf16.")] = "auto",
+    seed: Annotated[int, typer.Option(help="Seed for weights and data order.")] = 0,
+) -> None:
+    """Train the lip-to-speech model on Ray Train (DDP or DeepSpeed); rerun to resume."""
+    from l2s.models.losses import LossConfig
+    from l2s.train import TrainConfig
+    from l2s.train import train as run_training
+
+    if strategy is None:
+        strategy = "deepspeed" if gpus_per_node > 0 and preset != "tiny" else "ddp"
+    cfg = TrainConfig(
+        dataset=dataset,
+        out=out,
+        preset=preset,
+        loss=LossConfig(ctc_weight=ctc_weight),
+        steps=steps,
+        batch_size=batch_size,
+        lr=lr,
+        warmup_steps=min(warmup_steps, steps - 1),
+        time_mask=time_mask,
+        val_every=val_every,
+        ckpt_every=ckpt_every,
+        strategy=strategy,
+        zero_stage=zero_stage,
+        precision=precision,
+        nodes=nodes,
+        gpus_per_node=gpus_per_node,
+        workers=workers,
+        time_budget_min=time_budget,
+        seed=seed,
+    )
+    summary = run_training(cfg)
+    shown = ("val/post_l1", "val/stoi_gl", "val/estoi_gl", "train/samples_per_s")
+    scores = "  ".join(f"{k} {summary.metrics[k]:.3f}" for k in shown if k in summary.metrics)
+    console.print(
+        f"step {summary.step} ({summary.stopped}) after {summary.train_seconds / 60:.1f} min; "
+        f"{scores}\ncheckpoint {summary.checkpoint}"
+    )
+
+
+@app.command()
+def generate(
+    dataset: Annotated[str, typer.Argument(help="Feature dataset directory.")],
+    checkpoint: Annotated[str, typer.Option(help="A checkpoint or a run directory (its latest).")],
+    out: Annotated[str, typer.Option(help="Results folder: wavs/ and generated.parquet.")],
+    split: Annotated[str, typer.Option(help="Split to generate.")] = "test",
+) -> None:
+    """Generate speech (Griffin-Lim) for every clip of a split; the voice never from the clip itself."""
+    from l2s.generate import generate_split
+
+    path = generate_split(dataset, split, checkpoint, out)
+    console.print(f"wrote {path}")
+
+
+@app.command()
+def score(
+    results: Annotated[list[str], typer.Argument(help="Results folders (l2s generate).")],
+    asr: Annotated[
+        str | None, typer.Option(help="WER/CER with pocketsphinx: grid, open (or none).")
+    ] = None,
+    report: Annotated[
+        Path | None, typer.Option(help="HTML report [default: beside the first results folder]")
+    ] = None,
+) -> None:
+    """Score generated speech against the recordings, with ground-truth-mel and mean-mel baselines;
+    print the summary and write an HTML report."""
+    from l2s.evaluate.report import write_report
+    from l2s.evaluate.split import print_summary, score_results
+
+    rows = [row for folder in results for row in score_results(folder, asr)]
+    print_summary(rows, console)
+    path = write_report(results, rows, report or Path(results[0]).parent / "report.html")
+    console.print(f"report: {path}")
+
+
+@app.command()
+def demo(
+    out: Annotated[str, typer.Option(help="Folder for everything the demo makes.")] = "out/demo",
+    speakers: Annotated[int, typer.Option(help="Speakers in the synthetic corpus.")] = 4,
+    utterances: Annotated[int, typer.Option(help="Utterances per speaker.")] = 40,
+    minutes: Annotated[float, typer.Option(help="Training time of the tiny preset.")] = 7.0,
+) -> None:
+    """The whole system on a local Ray: synth → preprocess → train → generate → score → report."""
+    from l2s.demo import run_demo
+
+    run_demo(out, speakers, utterances, minutes)
+
+
+@app.command()
+def speak(
+    video: Annotated[str, typer.Argument(help="A silent (or not) video of a talking face.")],
+    checkpoint: Annotated[str, typer.Option(help="A checkpoint or a run directory (its latest).")],
+    out: Annotated[str, typer.Option(help="The wav to write.")] = "speech.wav",
+    reference_audio: Annotated[
+        str | None, typer.Option(help="A recording of the voice to speak in.")
+    ] = None,
+    speaker: Annotated[str | None, typer.Option(help="A speaker the model was trained on.")] = None,
+) -> None:
+    """Speak for one video: mouth ROIs → mel → waveform (Griffin-Lim), any frame rate or length."""
+    from l2s.speak import SpeakError
+    from l2s.speak import speak as run_speak
+
+    try:
+        spoken = run_speak(video, checkpoint, out, reference_audio, speaker)
+    except SpeakError as e:
+        console.print(f"[red]error:[/] {e}")
+        raise typer.Exit(1) from e
+    console.print(
+        f"wrote {spoken.wav}: {spoken.seconds:.2f} s of speech; face on {spoken.face_ratio:.0%} of "
+        f"frames; voice: {spoken.voice}; real-time factor {spoken.real_time_factor:.2f}"
+    )
+
+
 def summarize_corpus(root: Path) -> None:
     """Print clips, speakers and hours per split of a corpus in LRS3 layout."""
     import json

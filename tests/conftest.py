@@ -58,6 +58,29 @@ def synth_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def synth_manifest(synth_corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The synthetic corpus's manifest."""
+    from l2s.corpora import scan, write_manifest
+
+    rows, skips = scan("synthetic", str(synth_corpus))
+    assert not skips
+    uri = str(tmp_path_factory.mktemp("manifest") / "synthetic.parquet")
+    write_manifest(rows, uri)
+    return uri
+
+
+@pytest.fixture(scope="session")
+def synth_features(synth_manifest: str, ray_local, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """Its features, made once by the Ray Data pipeline."""
+    from l2s.pipeline.preprocess import PreprocessConfig, preprocess
+
+    out = str(tmp_path_factory.mktemp("features"))
+    summary = preprocess(synth_manifest, out, PreprocessConfig(shard_size=4))
+    assert summary.features > 0
+    return out
+
+
+@pytest.fixture(scope="session")
 def ray_local():
     """One local Ray for the whole session, sized for a 2-core machine."""
     import ray

@@ -12,7 +12,6 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from l2s import storage
 from l2s.corpora import scan, write_manifest
@@ -22,23 +21,6 @@ from l2s.pipeline import shards
 from l2s.pipeline.preprocess import PreprocessConfig, preprocess
 
 MOUTH = slice(48, 68)
-
-
-@pytest.fixture(scope="module")
-def synth_manifest(synth_corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> str:
-    rows, skips = scan("synthetic", str(synth_corpus))
-    assert not skips
-    uri = str(tmp_path_factory.mktemp("manifest") / "synthetic.parquet")
-    write_manifest(rows, uri)
-    return uri
-
-
-@pytest.fixture(scope="module")
-def synth_features(synth_manifest: str, ray_local, tmp_path_factory: pytest.TempPathFactory) -> str:
-    out = str(tmp_path_factory.mktemp("features"))
-    summary = preprocess(synth_manifest, out, PreprocessConfig(shard_size=4))
-    assert summary.features > 0
-    return out
 
 
 def test_synthetic_corpus_becomes_features_with_none_failing(

@@ -1,0 +1,114 @@
+"""The HTML report of scored results: the summary table with its baselines, then per utterance the
+ground-truth and generated mels side by side and audio players for the recording, l2s, and the two
+baselines. One self-contained file (images inline) beside relative links to the wavs.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from l2s.evaluate.split import AUDIO_DIRS, SUMMARY_METRICS, SYSTEMS, summarize
+from l2s.generate import GENERATED_FILE, mel_of
+
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }
+table { border-collapse: collapse; margin: 1em 0; }
+td, th { border: 1px solid #ccc; padding: 4px 8px; text-align: right; }
+th { background: #f3f3f3; } td.l { text-align: left; }
+.clip { border-top: 1px solid #ddd; padding: 1em 0; }
+audio { height: 28px; vertical-align: middle; }
+"""
+
+
+def _mel_png(target_MF: np.ndarray, predicted_MF: np.ndarray) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(2, 1, figsize=(7, 3.2), sharex=True)
+    low, high = float(target_MF.min()), float(target_MF.max())
+    for ax, mel_MF, title in zip(
+        axes, (target_MF, predicted_MF), ("ground truth", "l2s"), strict=True
+    ):
+        ax.imshow(mel_MF, origin="lower", aspect="auto", vmin=low, vmax=high, interpolation="none")
+        ax.set_ylabel(title, fontsize=8)
+        ax.set_yticks([])
+    axes[-1].set_xlabel("mel frame (10 ms)", fontsize=8)
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=80)
+    plt.close(figure)
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def _summary_table(rows: list[dict]) -> str:
+    summary = summarize(rows)
+    order = {s: i for i, s in enumerate(SYSTEMS)}
+    head = "".join(f"<th>{m}</th>" for m in SUMMARY_METRICS)
+    lines = [f"<table><tr><th>split</th><th>system</th><th>clips</th>{head}</tr>"]
+    for split, system in sorted(summary, key=lambda k: (k[0], order.get(k[1], 99))):
+        values = summary[(split, system)]
+        n = max((v[2] for v in values.values()), default=0)
+        cells = "".join(
+            f"<td>{values[m][0]:.3f} ± {values[m][1]:.3f}</td>" if m in values else "<td>–</td>"
+            for m in SUMMARY_METRICS
+        )
+        lines.append(
+            f"<tr><td class=l>{split}</td><td class=l>{system}</td><td>{n}</td>{cells}</tr>"
+        )
+    return "\n".join(lines) + "</table>"
+
+
+def write_report(
+    results: list[str], rows: list[dict], out: str | Path, per_split: int = 12
+) -> Path:
+    """`out` (an .html file): summary table, then up to `per_split` clips of each results folder."""
+    out = Path(out)
+    scores = {(r["id"], r["system"]): r for r in rows}
+    parts = [
+        "<!doctype html><meta charset=utf-8><title>l2s report</title>",
+        f"<style>{STYLE}</style><h1>l2s report</h1>",
+        "<p>Every system is vocoded by Griffin-Lim and scored against the clip's recording. "
+        "<b>gt_mel</b>: the ground-truth mel (the vocoder's ceiling); <b>mean_mel</b>: a constant "
+        "mean-mel predictor (the floor).</p>",
+        _summary_table(rows),
+    ]
+    for folder in results:
+        records = pq.read_table(str(Path(folder) / GENERATED_FILE)).to_pylist()[:per_split]
+        if not records:
+            continue
+        parts.append(f"<h2>{html.escape(records[0]['split'])} — {html.escape(folder)}</h2>")
+        parts.append(f"<p>checkpoint {html.escape(records[0]['checkpoint'])}</p>")
+        for record in records:
+            clip = record["id"]
+            mine = scores.get((clip, "l2s"), {})
+            numbers = ", ".join(
+                f"{m} {mine[m]:.3f}"
+                for m in ("stoi", "estoi", "pesq_wb")
+                if m in mine and mine[m] == mine[m]
+            )
+            players = []
+            for name in ("reference", *SYSTEMS):
+                wav = Path(folder) / AUDIO_DIRS[name] / f"{clip}.wav"
+                if wav.exists():
+                    src = html.escape(os.path.relpath(wav, out.parent))
+                    players.append(f"{name} <audio controls preload=none src='{src}'></audio>")
+            png = _mel_png(mel_of(record, "target_mel"), mel_of(record, "mel"))
+            hypothesis = mine.get("hypothesis")
+            heard = f"<br>ASR heard: <i>{html.escape(hypothesis)}</i>" if hypothesis else ""
+            parts.append(
+                f"<div class=clip><b>{html.escape(clip)}</b> — {html.escape(record['transcript'] or '')}"
+                f"{heard}<br>l2s: {numbers}; voice: {html.escape(record['speaker_source'])}<br>"
+                f"<img src='data:image/png;base64,{png}'><br>{' &nbsp; '.join(players)}</div>"
+            )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(parts))
+    return out

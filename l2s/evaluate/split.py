@@ -1,0 +1,142 @@
+"""Scoring a generated split against the recordings, with two baselines in the same table.
+
+Systems, each vocoded by Griffin-Lim and scored against the clip's original waveform:
+  l2s          the model's mel (the wav `generate_split` wrote)
+  gt_mel       the ground-truth mel: the ceiling the vocoder allows
+  mean_mel     a constant predictor, the training mel mean at every frame: the floor
+
+    rows = score_results("out/results/test")          # one row per (clip, system)
+    print_summary(rows)                                # mean and 95 % interval per split and system
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import soundfile as sf
+from rich.console import Console
+from rich.table import Table
+from tqdm import tqdm
+
+from l2s.audio import griffin_lim, load_audio, write_wav
+from l2s.config import AUDIO, MELS_PER_FRAME
+from l2s.evaluate.metrics import score_utterance
+from l2s.generate import GENERATED_FILE, WAV_DIR, mel_of
+from l2s.pipeline import shards
+
+SCORES_FILE = "scores.parquet"
+# Folders (in a results folder) of the recordings and of each system's audio.
+AUDIO_DIRS = {"reference": "reference", "l2s": WAV_DIR, "gt_mel": "gt_mel", "mean_mel": "mean_mel"}
+SYSTEMS = ("l2s", "gt_mel", "mean_mel")
+SUMMARY_METRICS = ("stoi", "estoi", "pesq_wb", "pesq_nb", "mcd", "wer")
+
+
+def reference_audio(record: dict) -> np.ndarray:
+    """The clip's recorded speech, cut to the frames the features cover."""
+    if not record["video"]:
+        raise FileNotFoundError(f"{record['id']}: source video unknown (the manifest is gone)")
+    wav_S = load_audio(record["video"], AUDIO.sample_rate)
+    return wav_S[: record["n_frames"] * MELS_PER_FRAME * AUDIO.hop_length]
+
+
+def system_audio(record: dict) -> dict[str, np.ndarray]:
+    wav_S, _ = sf.read(record["wav"], dtype="float32")
+    mean_MF = np.repeat(
+        np.asarray(record["mean_mel"], np.float32)[:, None], 4 * record["n_frames"], 1
+    )
+    return {
+        "l2s": wav_S,
+        "gt_mel": griffin_lim(mel_of(record, "target_mel")),
+        "mean_mel": griffin_lim(mean_MF),
+    }
+
+
+def score_results(results: str, asr: str | None = None) -> list[dict]:
+    """Score every clip of `results/generated.parquet`; write `results/scores.parquet`.
+
+    `asr`: None (no WER / CER), "grid" or "open" (pocketsphinx, offline).
+    """
+    records = pq.read_table(str(Path(results) / GENERATED_FILE)).to_pylist()
+    recognizer = None
+    if asr is not None:
+        from l2s.evaluate.asr import PocketSphinxASR
+
+        recognizer = PocketSphinxASR(asr)
+    rows = []
+    for record in tqdm(records, desc="score", unit="clip"):
+        reference_S = reference_audio(record)
+        audio = system_audio(record)
+        # The reference and the baselines are written beside the model's wavs, for the report.
+        for name, wav_S in (
+            ("reference", reference_S),
+            ("gt_mel", audio["gt_mel"]),
+            ("mean_mel", audio["mean_mel"]),
+        ):
+            path = Path(results) / AUDIO_DIRS[name] / f"{record['id']}.wav"
+            if not path.exists():
+                write_wav(path, wav_S)
+        for system, generated_S in audio.items():
+            hypothesis = recognizer.transcribe(generated_S) if recognizer else None
+            scores = score_utterance(
+                reference_S,
+                generated_S,
+                transcript=record["transcript"] if recognizer else None,
+                hypothesis=hypothesis,
+            )
+            rows.append(
+                {
+                    "id": record["id"],
+                    "speaker": record["speaker"],
+                    "split": record["split"],
+                    "system": system,
+                    "hypothesis": hypothesis,
+                    "asr": recognizer.name if recognizer else None,
+                    **scores,
+                }
+            )
+    shards.write_table(pa.Table.from_pylist(rows), str(Path(results) / SCORES_FILE))
+    return rows
+
+
+def summarize(rows: list[dict]) -> dict[tuple[str, str], dict[str, tuple[float, float, int]]]:
+    """(split, system) → metric → (mean, 95 % half-interval, n), NaNs left out."""
+    groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    for row in rows:
+        groups[(row["split"], row["system"])].append(row)
+    summary = {}
+    for key, group in groups.items():
+        summary[key] = {}
+        for metric in SUMMARY_METRICS:
+            values = np.array([r[metric] for r in group if not math.isnan(r[metric])])
+            if len(values):
+                half = (
+                    1.96 * values.std(ddof=1) / math.sqrt(len(values)) if len(values) > 1 else 0.0
+                )
+                summary[key][metric] = (float(values.mean()), float(half), len(values))
+    return summary
+
+
+def print_summary(rows: list[dict], console: Console | None = None) -> None:
+    summary = summarize(rows)
+    table = Table(title="scores (Griffin-Lim; mean ± 95 % interval)")
+    table.add_column("split", no_wrap=True)
+    table.add_column("system", no_wrap=True)
+    table.add_column("clips", justify="right")
+    shown = [m for m in SUMMARY_METRICS if any(m in v for v in summary.values())]
+    for metric in shown:
+        table.add_column(metric, justify="right")
+    order = {s: i for i, s in enumerate(SYSTEMS)}
+    for split, system in sorted(summary, key=lambda k: (k[0], order.get(k[1], 99))):
+        values = summary[(split, system)]
+        n = max((v[2] for v in values.values()), default=0)
+        cells = [f"{values[m][0]:.3f}±{values[m][1]:.3f}" if m in values else "–" for m in shown]
+        table.add_row(split, system, str(n), *cells)
+    console = console or Console()
+    if not console.is_terminal:  # a log file: no need to squeeze the table into 80 columns
+        console.width = max(console.width, 140)
+    console.print(table)
