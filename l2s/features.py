@@ -8,6 +8,7 @@ raises `ClipError` with the stage and a reason, which the pipeline records in th
 from __future__ import annotations
 
 import io
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 
 import cv2
@@ -113,16 +114,29 @@ def _named(data: bytes, uri: str) -> io.BytesIO:
     return buffer
 
 
+def downscaled_frames(source, max_side: int) -> Iterator[tuple[np.ndarray, float]]:
+    """25 fps frames, each downscaled to `max_side` as it is decoded (and the scale used): a long
+    1080p clip never sits in memory at full size."""
+    scale, size = 1.0, None
+    for frame_HWC in iter_frames(source, fps=VIDEO.fps):
+        if size is None:
+            scale = min(1.0, max_side / max(frame_HWC.shape[:2]))
+            size = (round(frame_HWC.shape[1] * scale), round(frame_HWC.shape[0] * scale))
+        if scale < 1.0:
+            frame_HWC = cv2.resize(frame_HWC, size, interpolation=cv2.INTER_AREA)
+        yield frame_HWC, scale
+
+
 def _read_frames(
     source: io.BytesIO, cfg: FeatureConfig, stated_seconds: float
 ) -> tuple[np.ndarray, float]:
-    """25 fps frames, each downscaled to `cfg.max_side` as it is decoded: a long 1080p clip never
-    sits in memory at full size. Also stops at `cfg.max_seconds`, which `probe` cannot enforce on
-    containers that state no duration (live-recorded WebM / MKV, as browsers write them)."""
+    """All downscaled frames of a clip; stops at `cfg.max_seconds`, which `probe` cannot enforce
+    on containers that state no duration (live-recorded WebM / MKV, as browsers write them)."""
     limit = cfg.max_seconds * VIDEO.fps + 1
     frames: list[np.ndarray] = []
-    scale, size = 1.0, None
-    for frame_HWC in iter_frames(source, fps=VIDEO.fps):
+    scale = 1.0
+    for frame_HWC, frame_scale in downscaled_frames(source, cfg.max_side):
+        scale = frame_scale  # one value for the whole clip
         if len(frames) >= limit:
             stated = f"{stated_seconds:.0f} s" if stated_seconds else "no duration"
             raise ClipError(
@@ -130,11 +144,6 @@ def _read_frames(
                 f"clip runs past the limit of {cfg.max_seconds:.0f} s while decoding "
                 f"(its container states {stated})",
             )
-        if not frames:
-            scale = min(1.0, cfg.max_side / max(frame_HWC.shape[:2]))
-            size = (round(frame_HWC.shape[1] * scale), round(frame_HWC.shape[0] * scale))
-        if scale < 1.0:
-            frame_HWC = cv2.resize(frame_HWC, size, interpolation=cv2.INTER_AREA)
         frames.append(frame_HWC)
     return np.stack(frames), scale
 

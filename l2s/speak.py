@@ -19,16 +19,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 from tqdm import tqdm
 
 from l2s.audio import griffin_lim, load_audio, write_wav
 from l2s.config import AUDIO, MELS_PER_FRAME, VIDEO
 from l2s.face import FaceError, crop_mouth, detect_landmarks, load_detector
-from l2s.features import FeatureConfig
+from l2s.features import FeatureConfig, downscaled_frames
 from l2s.generate import Generator
-from l2s.video import VideoError, iter_frames, probe
+from l2s.video import VideoError, probe
 
 # Frames per face-tracking chunk, and frames each chunk shares with the previous one (so the
 # landmark smoothing has context on both sides of a boundary).
@@ -57,16 +56,11 @@ class Spoken:
 
 
 def _frame_chunks(video: str, max_side: int) -> Iterator[np.ndarray]:
-    """25 fps frames in chunks of TRACK_CHUNK + TRACK_OVERLAP, downscaled as they are decoded;
-    every chunk after the first starts with the last TRACK_OVERLAP frames of the one before."""
+    """Downscaled 25 fps frames in chunks of TRACK_CHUNK + TRACK_OVERLAP; every chunk after the
+    first starts with the last TRACK_OVERLAP frames of the one before."""
     buffer: list[np.ndarray] = []
-    size, carried = None, 0
-    for frame_HWC in iter_frames(video, fps=VIDEO.fps):
-        if size is None:
-            scale = min(1.0, max_side / max(frame_HWC.shape[:2]))
-            size = (round(frame_HWC.shape[1] * scale), round(frame_HWC.shape[0] * scale))
-        if size != (frame_HWC.shape[1], frame_HWC.shape[0]):
-            frame_HWC = cv2.resize(frame_HWC, size, interpolation=cv2.INTER_AREA)
+    carried = 0
+    for frame_HWC, _ in downscaled_frames(video, max_side):
         buffer.append(frame_HWC)
         if len(buffer) == TRACK_CHUNK + TRACK_OVERLAP:
             yield np.stack(buffer)
