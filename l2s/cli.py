@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections import Counter
 from pathlib import Path
@@ -172,6 +173,9 @@ def train(
     val_every: Annotated[int, typer.Option(help="Steps between validations.")] = 200,
     ckpt_every: Annotated[int, typer.Option(help="Steps between checkpoints.")] = 500,
     precision: Annotated[str, typer.Option(help="auto (bf16 on GPU), fp32 or bf16.")] = "auto",
+    dropout: Annotated[
+        float | None, typer.Option(help="Model dropout (default: the preset's).")
+    ] = None,
     seed: Annotated[int, typer.Option(help="Seed for weights and data order.")] = 0,
 ) -> None:
     """Train the lip-to-speech model on Ray Train (DDP or DeepSpeed); rerun to resume."""
@@ -181,10 +185,16 @@ def train(
 
     if strategy is None:
         strategy = "deepspeed" if gpus_per_node > 0 and preset != "tiny" else "ddp"
+    from l2s.models.lip2speech import PRESETS
+
+    model = None
+    if dropout is not None and preset in PRESETS:
+        model = dataclasses.replace(PRESETS[preset](), dropout=dropout)
     cfg = TrainConfig(
         dataset=dataset,
         out=out,
         preset=preset,
+        model=model,
         loss=LossConfig(ctc_weight=ctc_weight),
         steps=steps,
         batch_size=batch_size,

@@ -16,7 +16,7 @@ import tempfile
 import uuid
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import IO
 from urllib.parse import urlparse
 
@@ -114,6 +114,13 @@ def list_files(root: str, suffixes: Iterable[str] | None = None) -> list[str]:
     else:
         found = [_to_uri(fs, p) for p in fs.find(path, withdirs=False)]
     return sorted(p for p in found if wanted is None or p.lower().endswith(wanted))
+
+
+def remove(uri: str) -> None:
+    """Delete one file; a file that is already gone is fine."""
+    fs, path = filesystem(uri)
+    with suppress(FileNotFoundError):
+        fs.rm_file(path)
 
 
 def read_bytes(uri: str) -> bytes:

@@ -15,37 +15,16 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
-import torch
 
 from l2s.config import AUDIO, VIDEO
 from l2s.evaluate.report import write_report
 from l2s.evaluate.split import SCORES_FILE, score_results, summarize
 from l2s.generate import GENERATED_FILE, generate_split, split_speakers
-from l2s.models.lip2speech import Lip2Speech
 from l2s.pipeline import shards
 from l2s.speak import SpeakError, speak
-from l2s.train import TrainConfig
-from l2s.train.checkpoint import Progress, checkpoint_name, write_model
-from l2s.train.data import index_dataset
 from l2s.video import read_frames, write_video
 
 SAMPLES_PER_FRAME = AUDIO.sample_rate // VIDEO.fps
-
-
-@pytest.fixture(scope="module")
-def checkpoint(synth_features: str, tmp_path_factory: pytest.TempPathFactory) -> str:
-    """A run directory holding one checkpoint of an untrained tiny model, with the dataset's
-    speaker table and mel statistics."""
-    run = tmp_path_factory.mktemp("run")
-    cfg = TrainConfig(dataset=synth_features, out=str(run))
-    index = index_dataset(synth_features, val_utterances=0, n_val_audio=0)
-    torch.manual_seed(0)
-    model = Lip2Speech(cfg.model_config)
-    model.set_mel_stats(torch.from_numpy(index.mel_mean_M), torch.from_numpy(index.mel_std_M))
-    folder = run / checkpoint_name(0)
-    folder.mkdir()
-    write_model(folder, model.state_dict(), cfg, index.speakers, Progress(), {}, index.metadata)
-    return str(run)
 
 
 def test_no_clip_is_conditioned_on_its_own_audio(synth_features: str, checkpoint: str) -> None:

@@ -216,9 +216,10 @@ def serial_preprocess(
 
 
 def write_metadata(manifest: str, out: str, cfg: PreprocessConfig) -> None:
-    """The dataset's exact recipe and its counts, beside the shards."""
+    """The dataset's exact recipe and its counts, beside the shards (deduplicated first)."""
     from l2s.speaker import SpeakerEncoder
 
+    shards.drop_duplicates(out)
     errors = shards.read_errors(out)
     n_features = len(shards.read_column(out, shards.FEATURES, "id"))
     encoder = SpeakerEncoder().metadata() if cfg.speaker_embeddings else None

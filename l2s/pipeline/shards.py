@@ -3,6 +3,10 @@
 A dataset directory holds `features/part-*.parquet`, `errors/part-*.parquet` and `metadata.json`.
 Each shard is written to a temporary name and renamed (or uploaded in one piece to s3://), so a
 killed job leaves complete shards only; a rerun skips every id found in either table.
+
+A batch still in flight when its job was killed may land after the rerun has batched the same clips
+differently, so one clip can end up in two shards; `drop_duplicates` (run at the end of every job)
+keeps each id in exactly one place.
 """
 
 from __future__ import annotations
@@ -58,6 +62,31 @@ def read_column(root: str, table: str, column: str) -> list:
         with storage.open_uri(uri) as f:
             values.extend(pq.read_table(f, columns=[column]).column(column).to_pylist())
     return values
+
+
+def drop_duplicates(root: str) -> int:
+    """Keep every id in one shard only (a feature row beats an error row); returns rows dropped.
+
+    A shard whose ids are all held elsewhere is deleted; one with some is rewritten without them,
+    atomically, so each step leaves every id readable at least once.
+    """
+    seen: set[str] = set()
+    dropped = 0
+    for table in (FEATURES, ERRORS):
+        for uri in _shards(root, table):
+            with storage.open_uri(uri) as f:
+                shard = pq.read_table(f)
+            ids = shard.column("id").to_pylist()
+            keep = [i not in seen for i in ids]
+            seen.update(ids)
+            if all(keep):
+                continue
+            dropped += keep.count(False)
+            if any(keep):
+                write_table(shard.filter(pa.array(keep)), uri)
+            else:
+                storage.remove(uri)
+    return dropped
 
 
 def done_ids(root: str) -> set[str]:
