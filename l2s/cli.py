@@ -225,14 +225,27 @@ def train(
 def generate(
     dataset: Annotated[str, typer.Argument(help="Feature dataset directory.")],
     checkpoint: Annotated[str, typer.Option(help="A checkpoint or a run directory (its latest).")],
-    out: Annotated[str, typer.Option(help="Results folder: wavs/ and generated.parquet.")],
+    out: Annotated[str, typer.Option(help="Results folder: wavs/ and generated/ records.")],
     split: Annotated[str, typer.Option(help="Split to generate.")] = "test",
+    batch_size: Annotated[int, typer.Option(help="Clips per model call.")] = 8,
+    workers: Annotated[
+        int | None, typer.Option(help="Model actors [default: one per GPU, else per CPU].")
+    ] = None,
 ) -> None:
-    """Generate speech (Griffin-Lim) for every clip of a split; the voice never from the clip itself."""
-    from l2s.generate import generate_split
+    """Generate speech (Griffin-Lim) for every clip of a split on Ray Data model actors; the voice
+    never comes from the clip itself. Rerun to finish an interrupted run."""
+    from l2s.pipeline.generate import generate_split
+    from l2s.pipeline.runtime import connect
 
-    path = generate_split(dataset, split, checkpoint, out)
-    console.print(f"wrote {path}")
+    connect()
+    summary = generate_split(
+        dataset, split, checkpoint, out, batch_size=batch_size, workers=workers
+    )
+    console.print(
+        f"{split}: {summary.clips} clips generated ({summary.skipped} already done), "
+        f"{summary.speech_seconds:.0f} s of speech in {summary.seconds:.1f} s: real-time factor "
+        f"{summary.real_time_factor:.3f}; results in {out}"
+    )
 
 
 @app.command()
@@ -249,7 +262,9 @@ def score(
     print the summary and write an HTML report."""
     from l2s.evaluate.report import write_report
     from l2s.evaluate.split import print_summary, score_results
+    from l2s.pipeline.runtime import connect
 
+    connect()
     rows = [row for folder in results for row in score_results(folder, asr)]
     print_summary(rows, console)
     path = write_report(results, rows, report or Path(results[0]).parent / "report.html")

@@ -19,8 +19,9 @@ import soundfile as sf
 from l2s.config import AUDIO, VIDEO
 from l2s.evaluate.report import write_report
 from l2s.evaluate.split import SCORES_FILE, score_results, summarize
-from l2s.generate import GENERATED_FILE, generate_split, split_speakers
+from l2s.generate import GENERATED, read_generated, split_speakers
 from l2s.pipeline import shards
+from l2s.pipeline.generate import generate_split
 from l2s.speak import SpeakError, speak
 from l2s.video import read_frames, write_video
 
@@ -33,7 +34,7 @@ def test_no_clip_is_conditioned_on_its_own_audio(synth_features: str, checkpoint
     table = Generator.load(checkpoint).speakers
     for split in ("test", "test_unseen_speakers"):
         rows = shards.read_features(synth_features, split=split)
-        chosen = split_speakers(rows, table)
+        chosen = split_speakers([vars(r) for r in rows], table)
         for row in rows:
             embedding_D, source = chosen[row.id]
             others = [r for r in rows if r.speaker == row.speaker and r.id != row.id]
@@ -50,14 +51,36 @@ def test_no_clip_is_conditioned_on_its_own_audio(synth_features: str, checkpoint
                 np.testing.assert_allclose(embedding_D, expected_D, rtol=1e-5)
 
 
+def test_a_padded_batch_gives_each_clip_its_own_mel(synth_features: str, checkpoint: str) -> None:
+    from l2s.generate import Generator
+
+    gen = Generator.load(checkpoint)
+    rows = shards.read_features(synth_features, split="test")[:3]
+    assert len({r.n_frames for r in rows}) > 1, "clips of different lengths, so padding happens"
+    voices = [np.asarray(r.speaker_embedding, np.float32) for r in rows[:2]] + [None]
+    batched = gen.mels([r.roi_THW() for r in rows], voices)
+    for row, voice_D, mel_MF in zip(rows, voices, batched, strict=True):
+        single_MF = gen.mel(row.roi_THW(), voice_D)
+        assert mel_MF.shape == single_MF.shape == (AUDIO.n_mels, 4 * row.n_frames)
+        np.testing.assert_allclose(mel_MF, single_MF, atol=1e-4)
+
+
 def test_generate_and_score_a_split_with_both_baselines(
-    synth_features: str, checkpoint: str, tmp_path: Path
+    synth_features: str, checkpoint: str, ray_local, tmp_path: Path
 ) -> None:
     out = tmp_path / "test"
-    generate_split(synth_features, "test", checkpoint, str(out))
-    records = pq.read_table(out / GENERATED_FILE).to_pylist()
+    summary = generate_split(synth_features, "test", checkpoint, str(out), batch_size=3)
+    records = read_generated(str(out))
     features = {r.id: r for r in shards.read_features(synth_features, split="test")}
-    assert sorted(r["id"] for r in records) == sorted(features)
+    assert sorted(r["id"] for r in records) == sorted(features) and summary.clips == len(features)
+    assert summary.speech_seconds == sum(r.n_frames for r in features.values()) / VIDEO.fps
+    # Resumable: a lost shard is regenerated, nothing else is.
+    lost = sorted((out / GENERATED).glob("part-*.parquet"))[0]
+    lost_ids = pq.read_table(lost, columns=["id"])["id"].to_pylist()
+    lost.unlink()
+    again = generate_split(synth_features, "test", checkpoint, str(out), batch_size=3)
+    assert again.clips == len(lost_ids) and again.skipped == len(features) - len(lost_ids)
+    assert sorted(r["id"] for r in read_generated(str(out))) == sorted(features)
     for record in records:
         wav_S, rate = sf.read(record["wav"])
         assert rate == AUDIO.sample_rate
@@ -65,6 +88,9 @@ def test_generate_and_score_a_split_with_both_baselines(
 
     rows = score_results(str(out))
     assert len(rows) == 3 * len(records)
+    assert {(r["id"], r["system"]) for r in rows} == {
+        (i, s) for i in features for s in ("l2s", "gt_mel", "mean_mel")
+    }
     assert pq.read_table(out / SCORES_FILE).num_rows == len(rows)
     summary = summarize(rows)
     ceiling, floor = summary[("test", "gt_mel")], summary[("test", "mean_mel")]

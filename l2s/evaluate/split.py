@@ -13,20 +13,19 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import soundfile as sf
 from rich.console import Console
 from rich.table import Table
 from tqdm import tqdm
 
+from l2s import storage
 from l2s.audio import griffin_lim, load_audio, write_wav
 from l2s.config import AUDIO, MELS_PER_FRAME
 from l2s.evaluate.metrics import score_utterance
-from l2s.generate import GENERATED_FILE, WAV_DIR, mel_of
+from l2s.generate import WAV_DIR, mel_of, read_generated
 from l2s.pipeline import shards
 
 SCORES_FILE = "scores.parquet"
@@ -45,7 +44,8 @@ def reference_audio(record: dict) -> np.ndarray:
 
 
 def system_audio(record: dict) -> dict[str, np.ndarray]:
-    wav_S, _ = sf.read(record["wav"], dtype="float32")
+    with storage.open_uri(record["wav"]) as f:
+        wav_S, _ = sf.read(f, dtype="float32")
     mean_MF = np.repeat(
         np.asarray(record["mean_mel"], np.float32)[:, None], 4 * record["n_frames"], 1
     )
@@ -56,50 +56,93 @@ def system_audio(record: dict) -> dict[str, np.ndarray]:
     }
 
 
-def score_results(results: str, asr: str | None = None) -> list[dict]:
-    """Score every clip of `results/generated.parquet`; write `results/scores.parquet`.
+def score_record(record: dict, results: str, recognizer=None) -> list[dict]:
+    """One generated clip → one score row per system; the recording and the baselines' audio are
+    written beside the model's wavs (for the report) unless already there."""
+    reference_S = reference_audio(record)
+    audio = system_audio(record)
+    for name, wav_S in (
+        ("reference", reference_S),
+        ("gt_mel", audio["gt_mel"]),
+        ("mean_mel", audio["mean_mel"]),
+    ):
+        uri = storage.join(results, AUDIO_DIRS[name], f"{record['id']}.wav")
+        if not storage.exists(uri):
+            write_wav(uri, wav_S)
+    rows = []
+    for system, generated_S in audio.items():
+        hypothesis = recognizer.transcribe(generated_S) if recognizer else None
+        scores = score_utterance(
+            reference_S,
+            generated_S,
+            transcript=record["transcript"] if recognizer else None,
+            hypothesis=hypothesis,
+        )
+        rows.append(
+            {
+                "id": record["id"],
+                "speaker": record["speaker"],
+                "split": record["split"],
+                "system": system,
+                "hypothesis": hypothesis,
+                "asr": recognizer.name if recognizer else None,
+                **scores,
+            }
+        )
+    return rows
+
+
+class ScoreBatch:
+    """Ray Data actor: the ASR decoder (when asked for) is loaded once per actor."""
+
+    def __init__(self, results: str, asr: str | None) -> None:
+        self.results, self.recognizer = results, None
+        if asr is not None:
+            from l2s.evaluate.asr import PocketSphinxASR
+
+            self.recognizer = PocketSphinxASR(asr)
+
+    def __call__(self, batch: dict) -> pa.Table:
+        records = [dict(zip(batch, v, strict=True)) for v in zip(*batch.values(), strict=True)]
+        rows = [
+            r for record in records for r in score_record(record, self.results, self.recognizer)
+        ]
+        return pa.Table.from_pylist(rows)
+
+
+def score_results(
+    results: str, asr: str | None = None, *, workers: int | None = None, progress: bool = True
+) -> list[dict]:
+    """Score every generated clip of `results` in parallel on the current Ray (one actor per CPU);
+    write `results/scores.parquet`.
 
     `asr`: None (no WER / CER), "grid" or "open" (pocketsphinx, offline).
     """
-    records = pq.read_table(str(Path(results) / GENERATED_FILE)).to_pylist()
-    recognizer = None
-    if asr is not None:
-        from l2s.evaluate.asr import PocketSphinxASR
+    import ray
+    from ray.data import ActorPoolStrategy
 
-        recognizer = PocketSphinxASR(asr)
-    rows = []
-    for record in tqdm(records, desc="score", unit="clip"):
-        reference_S = reference_audio(record)
-        audio = system_audio(record)
-        # The reference and the baselines are written beside the model's wavs, for the report.
-        for name, wav_S in (
-            ("reference", reference_S),
-            ("gt_mel", audio["gt_mel"]),
-            ("mean_mel", audio["mean_mel"]),
-        ):
-            path = Path(results) / AUDIO_DIRS[name] / f"{record['id']}.wav"
-            if not path.exists():
-                write_wav(path, wav_S)
-        for system, generated_S in audio.items():
-            hypothesis = recognizer.transcribe(generated_S) if recognizer else None
-            scores = score_utterance(
-                reference_S,
-                generated_S,
-                transcript=record["transcript"] if recognizer else None,
-                hypothesis=hypothesis,
-            )
-            rows.append(
-                {
-                    "id": record["id"],
-                    "speaker": record["speaker"],
-                    "split": record["split"],
-                    "system": system,
-                    "hypothesis": hypothesis,
-                    "asr": recognizer.name if recognizer else None,
-                    **scores,
-                }
-            )
-    shards.write_table(pa.Table.from_pylist(rows), str(Path(results) / SCORES_FILE))
+    from l2s.pipeline.runtime import worker_env
+
+    records = read_generated(results)
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    remote = worker_env()
+    ds = ray.data.from_items(records, override_num_blocks=max(1, min(len(records), 4 * cpus)))
+    ds = ds.map_batches(
+        ScoreBatch,
+        fn_constructor_args=(results, asr),
+        batch_size=1,
+        compute=ActorPoolStrategy(min_size=1, max_size=workers or max(cpus, 1)),
+        num_cpus=0.75,
+        **remote,
+    )
+    rows = [
+        dict(row)
+        for row in tqdm(
+            ds.iter_rows(), total=len(records) * len(SYSTEMS), desc="score", disable=not progress
+        )
+    ]
+    rows.sort(key=lambda r: (r["id"], SYSTEMS.index(r["system"])))
+    shards.write_table(pa.Table.from_pylist(rows), storage.join(results, SCORES_FILE))
     return rows
 
 
