@@ -156,7 +156,7 @@ def train(
     workers: Annotated[int, typer.Option(help="CPU training workers (no GPUs).")] = 2,
     strategy: Annotated[
         str | None,
-        typer.Option(help="ddp or deepspeed [default: deepspeed for base/large on GPUs, else ddp]"),
+        typer.Option(help="ddp or deepspeed (default: deepspeed for base/large on GPUs, else ddp)"),
     ] = None,
     zero_stage: Annotated[int, typer.Option(help="DeepSpeed ZeRO stage.")] = 2,
     steps: Annotated[int, typer.Option(help="Optimizer steps in all.")] = 2000,
@@ -229,10 +229,13 @@ def generate(
     split: Annotated[str, typer.Option(help="Split to generate.")] = "test",
     batch_size: Annotated[int, typer.Option(help="Clips per model call.")] = 8,
     workers: Annotated[
-        int | None, typer.Option(help="Model actors [default: one per GPU, else per CPU].")
+        int | None, typer.Option(help="Model actors (default: one per GPU, else per CPU).")
+    ] = None,
+    vocoder: Annotated[
+        str | None, typer.Option(help="griffin-lim or a HiFi-GAN run (default: griffin-lim).")
     ] = None,
 ) -> None:
-    """Generate speech (Griffin-Lim) for every clip of a split on Ray Data model actors; the voice
+    """Generate speech for every clip of a split on Ray Data model actors; the voice
     never comes from the clip itself. Rerun to finish an interrupted run."""
     from l2s.pipeline.generate import generate_split
     from l2s.pipeline.runtime import connect
@@ -255,7 +258,7 @@ def score(
         str | None, typer.Option(help="WER/CER with pocketsphinx: grid, open (or none).")
     ] = None,
     report: Annotated[
-        Path | None, typer.Option(help="HTML report [default: beside the first results folder]")
+        Path | None, typer.Option(help="HTML report (default: beside the first results folder)")
     ] = None,
 ) -> None:
     """Score generated speech against the recordings, with ground-truth-mel and mean-mel baselines;
@@ -293,13 +296,16 @@ def speak(
         str | None, typer.Option(help="A recording of the voice to speak in.")
     ] = None,
     speaker: Annotated[str | None, typer.Option(help="A speaker the model was trained on.")] = None,
+    vocoder: Annotated[
+        str | None, typer.Option(help="griffin-lim or a HiFi-GAN run (default: griffin-lim).")
+    ] = None,
 ) -> None:
-    """Speak for one video: mouth ROIs → mel → waveform (Griffin-Lim), any frame rate or length."""
+    """Speak for one video: mouth ROIs → mel → waveform, any frame rate or length."""
     from l2s.speak import SpeakError
     from l2s.speak import speak as run_speak
 
     try:
-        spoken = run_speak(video, checkpoint, out, reference_audio, speaker)
+        spoken = run_speak(video, checkpoint, out, reference_audio, speaker, vocoder=vocoder)
     except SpeakError as e:
         console.print(f"[red]error:[/] {e}")
         raise typer.Exit(1) from e

@@ -18,14 +18,14 @@ Letters in shape names: T video frames, H×W pixels, M mel bands, F mel frames, 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from l2s import storage
-from l2s.audio import griffin_lim, write_wav
+from l2s.audio import write_wav
 from l2s.config import AUDIO, MELS_PER_FRAME, VIDEO
 from l2s.corpora import read_manifest
 from l2s.models.frontend import normalize_video
@@ -34,6 +34,7 @@ from l2s.pipeline import shards
 from l2s.train.checkpoint import load_checkpoint, resolve
 from l2s.train.data import crop
 from l2s.train.speakers import SpeakerTable
+from l2s.vocoder import load_vocoder
 
 GENERATED = "generated"  # folder of output-record shards in a results folder
 WAV_DIR = "wavs"
@@ -147,9 +148,14 @@ def generate_clips(
     voices: dict[str, tuple[np.ndarray | None, str]],
     videos: dict[str, str],
     out: str,
+    vocode: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> list[dict]:
     """One batch of feature rows (dicts with id, speaker, split, transcript, n_frames, roi, mel)
-    → wavs in `out/wavs/` (Griffin-Lim, written atomically) and one output record per clip."""
+    → wavs in `out/wavs/` (written atomically) and one output record per clip.
+
+    `vocode`: a `l2s.vocoder` vocoder (default Griffin-Lim); its name is kept in each record so
+    that scoring sends the ground-truth mel through the same one."""
+    vocode = vocode or load_vocoder(None)
     rois = [
         np.frombuffer(c["roi"], np.uint8).reshape(c["n_frames"], VIDEO.roi_size, VIDEO.roi_size)
         for c in clips
@@ -159,7 +165,7 @@ def generate_clips(
     records = []
     for clip, mel_MF in zip(clips, mels, strict=True):
         wav = storage.join(out, WAV_DIR, f"{clip['id']}.wav")
-        write_wav(wav, griffin_lim(mel_MF))
+        write_wav(wav, vocode(mel_MF))
         records.append(
             {
                 "id": clip["id"],
@@ -174,6 +180,7 @@ def generate_clips(
                 "speaker_source": voices[clip["id"]][1],
                 "wav": wav,
                 "checkpoint": gen.checkpoint,
+                "vocoder": vocode.name,
             }
         )
     return records

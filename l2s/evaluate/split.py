@@ -1,6 +1,7 @@
 """Scoring a generated split against the recordings, with two baselines in the same table.
 
-Systems, each vocoded by Griffin-Lim and scored against the clip's original waveform:
+Systems, each vocoded by the split's vocoder (Griffin-Lim unless `l2s generate --vocoder` named
+another) and scored against the clip's original waveform:
   l2s          the model's mel (the wav `generate_split` wrote)
   gt_mel       the ground-truth mel: the ceiling the vocoder allows
   mean_mel     a constant predictor, the training mel mean at every frame: the floor
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from collections.abc import Callable
 
 import numpy as np
 import pyarrow as pa
@@ -22,11 +24,12 @@ from rich.table import Table
 from tqdm import tqdm
 
 from l2s import storage
-from l2s.audio import griffin_lim, load_audio, write_wav
+from l2s.audio import load_audio, write_wav
 from l2s.config import AUDIO, MELS_PER_FRAME
 from l2s.evaluate.metrics import score_utterance
 from l2s.generate import WAV_DIR, mel_of, read_generated
 from l2s.pipeline import shards
+from l2s.vocoder import load_vocoder
 
 SCORES_FILE = "scores.parquet"
 # Folders (in a results folder) of the recordings and of each system's audio.
@@ -43,7 +46,7 @@ def reference_audio(record: dict) -> np.ndarray:
     return wav_S[: record["n_frames"] * MELS_PER_FRAME * AUDIO.hop_length]
 
 
-def system_audio(record: dict) -> dict[str, np.ndarray]:
+def system_audio(record: dict, vocode: Callable[[np.ndarray], np.ndarray]) -> dict[str, np.ndarray]:
     with storage.open_uri(record["wav"]) as f:
         wav_S, _ = sf.read(f, dtype="float32")
     mean_MF = np.repeat(
@@ -51,16 +54,16 @@ def system_audio(record: dict) -> dict[str, np.ndarray]:
     )
     return {
         "l2s": wav_S,
-        "gt_mel": griffin_lim(mel_of(record, "target_mel")),
-        "mean_mel": griffin_lim(mean_MF),
+        "gt_mel": vocode(mel_of(record, "target_mel")),
+        "mean_mel": vocode(mean_MF),
     }
 
 
 def score_record(record: dict, results: str, recognizer=None) -> list[dict]:
-    """One generated clip → one score row per system; the recording and the baselines' audio are
-    written beside the model's wavs (for the report) unless already there."""
+    """One generated clip → one score row per system; the recording and the baselines' audio (the
+    record's vocoder) are written beside the model's wavs (for the report) unless already there."""
     reference_S = reference_audio(record)
-    audio = system_audio(record)
+    audio = system_audio(record, load_vocoder(record.get("vocoder")))
     for name, wav_S in (
         ("reference", reference_S),
         ("gt_mel", audio["gt_mel"]),

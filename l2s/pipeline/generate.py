@@ -22,6 +22,7 @@ from l2s import storage
 from l2s.config import AUDIO, MELS_PER_FRAME
 from l2s.generate import GENERATED, Generator, generate_clips, source_videos, split_speakers
 from l2s.pipeline import shards
+from l2s.vocoder import load_vocoder
 
 COLUMNS = ["id", "speaker", "split", "transcript", "n_frames", "roi", "mel"]
 
@@ -42,15 +43,17 @@ class Summary:
 class GenerateBatch:
     """Model actor: one `Generator` per actor; writes one output shard per batch."""
 
-    def __init__(self, checkpoint: str, out: str, voices: dict, videos: dict) -> None:
-        self.gen = Generator.load(checkpoint)
+    def __init__(
+        self, checkpoint: str, out: str, voices: dict, videos: dict, vocoder: str | None
+    ) -> None:
+        self.gen, self.vocode = Generator.load(checkpoint), load_vocoder(vocoder)
         self.out, self.voices, self.videos = out, voices, videos
 
     def __call__(self, batch: dict) -> dict:
         clips = [
             dict(zip(batch, values, strict=True)) for values in zip(*batch.values(), strict=True)
         ]
-        records = generate_clips(self.gen, clips, self.voices, self.videos, self.out)
+        records = generate_clips(self.gen, clips, self.voices, self.videos, self.out, self.vocode)
         name = shards.shard_name([r["id"] for r in records])
         shards.write_table(pa.Table.from_pylist(records), storage.join(self.out, GENERATED, name))
         frames = sum(r["n_frames"] for r in records)
@@ -77,6 +80,7 @@ def generate_split(
     *,
     batch_size: int = 8,
     workers: int | None = None,
+    vocoder: str | None = None,
     progress: bool = True,
 ) -> Summary:
     """Generate every clip of `split` not yet in `out`, on the current Ray (see the module doc)."""
@@ -114,7 +118,7 @@ def generate_split(
         n_actors, actor_resources = _resources(workers)
         ds = ds.map_batches(
             GenerateBatch,
-            fn_constructor_args=(checkpoint, out, voices, source_videos(dataset)),
+            fn_constructor_args=(checkpoint, out, voices, source_videos(dataset), vocoder),
             batch_size=batch_size,
             compute=ActorPoolStrategy(min_size=1, max_size=n_actors),
             **actor_resources,

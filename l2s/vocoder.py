@@ -1,0 +1,35 @@
+"""Log-mel → waveform: the one place that picks a vocoder by name.
+
+    vocode = load_vocoder(None)          # Griffin-Lim (no weights; the default everywhere)
+    wav_S = vocode(mel_MF)               # float32, exactly F · hop samples
+
+Generation, scoring (the ground-truth-mel baseline goes through the same vocoder as the model's
+mel) and `l2s speak` all take a vocoder spec and resolve it here.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import numpy as np
+
+from l2s.audio import griffin_lim
+
+GRIFFIN_LIM = "griffin-lim"
+
+
+@dataclass(frozen=True)
+class GriffinLim:
+    name: str = GRIFFIN_LIM
+
+    def __call__(self, mel_MF: np.ndarray) -> np.ndarray:
+        return griffin_lim(mel_MF)
+
+
+@functools.cache  # one model per process, however many clips ask for it
+def load_vocoder(spec: str | None) -> GriffinLim:
+    """`None` or "griffin-lim" → Griffin-Lim."""
+    if spec in (None, GRIFFIN_LIM):
+        return GriffinLim()
+    raise ValueError(f"unknown vocoder {spec!r} (expected {GRIFFIN_LIM!r})")
