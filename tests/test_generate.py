@@ -97,6 +97,9 @@ def test_generate_and_score_a_split_with_both_baselines(
     # The vocoder's ceiling against the recording, and a constant predictor well below it.
     assert ceiling["stoi"][0] > 0.9 and ceiling["estoi"][0] > 0.8
     assert floor["stoi"][0] < 0.6 and floor["estoi"][0] < 0.2
+    # The recording's voice survives the vocoder; the constant predictor has none of it.
+    assert ceiling["speaker_similarity"][0] > 0.8
+    assert floor.get("speaker_similarity", (0.0,))[0] < ceiling["speaker_similarity"][0] - 0.1
     report = write_report([str(out)], rows, tmp_path / "report.html")
     text = report.read_text()
     assert text.count("<audio") == 4 * len(records) and "data:image/png;base64," in text

@@ -35,7 +35,8 @@ SCORES_FILE = "scores.parquet"
 # Folders (in a results folder) of the recordings and of each system's audio.
 AUDIO_DIRS = {"reference": "reference", "l2s": WAV_DIR, "gt_mel": "gt_mel", "mean_mel": "mean_mel"}
 SYSTEMS = ("l2s", "gt_mel", "mean_mel")
-SUMMARY_METRICS = ("stoi", "estoi", "pesq_wb", "pesq_nb", "mcd", "wer")
+SUMMARY_METRICS = ("stoi", "estoi", "pesq_wb", "pesq_nb", "mcd", "speaker_similarity", "wer")
+HEADERS = {"speaker_similarity": "spk_sim"}  # short column names for the printed table
 
 
 def reference_audio(record: dict) -> np.ndarray:
@@ -59,10 +60,27 @@ def system_audio(record: dict, vocode: Callable[[np.ndarray], np.ndarray]) -> di
     }
 
 
-def score_record(record: dict, results: str, recognizer=None) -> list[dict]:
+def _embedding(encoder, wav_S: np.ndarray) -> np.ndarray | None:
+    """The speaker embedding of a waveform, or None when there is no speech to embed (the
+    similarity is then NaN): a silent mean-mel baseline must not stop the scoring."""
+    from l2s.speaker import SpeakerError
+
+    if encoder is None:
+        return None
+    try:
+        return encoder.embed(wav_S)
+    except SpeakerError:
+        return None
+
+
+def score_record(record: dict, results: str, recognizer=None, speaker_encoder=None) -> list[dict]:
     """One generated clip → one score row per system; the recording and the baselines' audio (the
-    record's vocoder) are written beside the model's wavs (for the report) unless already there."""
+    record's vocoder) are written beside the model's wavs (for the report) unless already there.
+
+    With a `speaker_encoder` (l2s.speaker.SpeakerEncoder), `speaker_similarity` is the cosine of
+    each system's embedding with the recording's."""
     reference_S = reference_audio(record)
+    reference_D = _embedding(speaker_encoder, reference_S)
     audio = system_audio(record, load_vocoder(record.get("vocoder")))
     for name, wav_S in (
         ("reference", reference_S),
@@ -80,6 +98,8 @@ def score_record(record: dict, results: str, recognizer=None) -> list[dict]:
             generated_S,
             transcript=record["transcript"] if recognizer else None,
             hypothesis=hypothesis,
+            reference_embedding=reference_D,
+            generated_embedding=_embedding(speaker_encoder, generated_S),
         )
         rows.append(
             {
@@ -99,11 +119,14 @@ class ScoreBatch:
     """Ray Data actor: the ASR decoder (when asked for) is loaded once per actor."""
 
     def __init__(self, results: str, asr: str | None) -> None:
+        from l2s.speaker import SpeakerEncoder
+
         self.results, self.recognizer = results, None
         if asr is not None:
             from l2s.evaluate.asr import PocketSphinxASR
 
             self.recognizer = PocketSphinxASR(asr)
+        self.speaker_encoder = SpeakerEncoder()
 
     def __call__(self, batch: dict) -> pa.Table:
         records = [dict(zip(batch, v, strict=True)) for v in zip(*batch.values(), strict=True)]
@@ -175,7 +198,7 @@ def print_summary(rows: list[dict], console: Console | None = None) -> None:
     table.add_column("clips", justify="right")
     shown = [m for m in SUMMARY_METRICS if any(m in v for v in summary.values())]
     for metric in shown:
-        table.add_column(metric, justify="right")
+        table.add_column(HEADERS.get(metric, metric), justify="right")
     order = {s: i for i, s in enumerate(SYSTEMS)}
     for split, system in sorted(summary, key=lambda k: (k[0], order.get(k[1], 99))):
         values = summary[(split, system)]
