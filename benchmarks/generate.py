@@ -94,10 +94,10 @@ def _prepare(args: argparse.Namespace, tmp: Path) -> None:
     if args.dataset is None:
         from l2s.corpora import scan, write_manifest
         from l2s.pipeline.preprocess import PreprocessConfig, serial_preprocess
-        from l2s.synth import SynthConfig, synthesize
+        from l2s.synth.corpus import SynthConfig, generate
 
         print("making a synthetic corpus (4 speakers × 20 utterances) and its features …")
-        synthesize(tmp / "corpus", SynthConfig(speakers=4, utterances=20))
+        list(generate(SynthConfig(speakers=4, utterances=20), tmp / "corpus"))
         rows, _ = scan("synthetic", str(tmp / "corpus"))
         write_manifest(rows, str(tmp / "manifest.parquet"))
         serial_preprocess(str(tmp / "manifest.parquet"), str(tmp / "features"), PreprocessConfig())

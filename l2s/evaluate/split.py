@@ -116,7 +116,8 @@ def score_record(record: dict, results: str, recognizer=None, speaker_encoder=No
 
 
 class ScoreBatch:
-    """Ray Data actor: the ASR decoder (when asked for) is loaded once per actor."""
+    """Ray Data actor: the speaker encoder and the ASR decoder (when asked for) are loaded once
+    per actor."""
 
     def __init__(self, results: str, asr: str | None) -> None:
         from l2s.speaker import SpeakerEncoder
@@ -131,7 +132,9 @@ class ScoreBatch:
     def __call__(self, batch: dict) -> pa.Table:
         records = [dict(zip(batch, v, strict=True)) for v in zip(*batch.values(), strict=True)]
         rows = [
-            r for record in records for r in score_record(record, self.results, self.recognizer)
+            row
+            for record in records
+            for row in score_record(record, self.results, self.recognizer, self.speaker_encoder)
         ]
         return pa.Table.from_pylist(rows)
 
