@@ -79,6 +79,8 @@ class Generator:
 
         A clip without a voice gets zeros, which the model reads as "no speaker" like None.
         """
+        if len(rois) != len(speakers):
+            raise ValueError(f"{len(rois)} clips but {len(speakers)} speaker embeddings")
         device = self.model.mel_mean_M.device
         lengths = [len(r) for r in rois]
         size = VIDEO.crop_size

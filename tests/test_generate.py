@@ -55,9 +55,9 @@ def test_a_padded_batch_gives_each_clip_its_own_mel(synth_features: str, checkpo
     from l2s.generate import Generator
 
     gen = Generator.load(checkpoint)
-    rows = shards.read_features(synth_features, split="test")[:3]
+    rows = shards.read_features(synth_features, split="test")
     assert len({r.n_frames for r in rows}) > 1, "clips of different lengths, so padding happens"
-    voices = [np.asarray(r.speaker_embedding, np.float32) for r in rows[:2]] + [None]
+    voices = [np.asarray(r.speaker_embedding, np.float32) for r in rows[:-1]] + [None]
     batched = gen.mels([r.roi_THW() for r in rows], voices)
     for row, voice_D, mel_MF in zip(rows, voices, batched, strict=True):
         single_MF = gen.mel(row.roi_THW(), voice_D)
