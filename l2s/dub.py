@@ -521,6 +521,8 @@ def run_dub(src: str, dst: str, cfg: DubConfig) -> Summary:
     table.add_row("failed earlier (skipped; --retry-failed)", str(len(summary.skipped_failed)))
     if summary.lost:
         table.add_row("lost with a worker (next run)", str(summary.lost))
+    if summary.swept:
+        table.add_row("half-written files of a killed run removed", str(summary.swept))
     if summary.conflicts:
         table.add_row("output name taken (renamed?)", str(len(summary.conflicts)))
     console.print(table)
