@@ -315,6 +315,41 @@ def speak(
     )
 
 
+@app.command()
+def dub(
+    src: Annotated[str, typer.Argument(help="Folder or prefix of videos (local or s3://).")],
+    dst: Annotated[
+        str, typer.Argument(help="Where DST/<relative path>.mp4 + .json and the ledger go.")
+    ],
+    checkpoint: Annotated[str, typer.Option(help="A checkpoint or a run directory (its latest).")],
+    speaker: Annotated[str | None, typer.Option(help="A speaker the model was trained on.")] = None,
+    reference_audio: Annotated[
+        str | None, typer.Option(help="A recording of the voice to speak in (local or s3://).")
+    ] = None,
+    workers: Annotated[int, typer.Option(help="Model workers (0: one per GPU, else per CPU).")] = 0,
+    retry_failed: Annotated[
+        bool, typer.Option(help="Also redo videos that failed for good in earlier runs.")
+    ] = False,
+) -> None:
+    """Give speech to every video under SRC not yet dubbed into DST, on Ray (rerun to resume):
+    the video stream copied, the speech as its audio track, a JSON sidecar beside each."""
+    from l2s.dub import DubConfig, run_dub
+    from l2s.speak import SpeakError
+
+    try:
+        cfg = DubConfig(
+            checkpoint=checkpoint,
+            speaker=speaker,
+            reference_audio=reference_audio,
+            workers=workers or None,
+            retry_failed=retry_failed,
+        )
+        run_dub(src, dst, cfg)
+    except (SpeakError, ValueError, FileNotFoundError) as e:
+        console.print(f"[red]error:[/] {e}")
+        raise typer.Exit(1) from e
+
+
 def summarize_corpus(root: Path) -> None:
     """Print clips, speakers and hours per split of a corpus in LRS3 layout."""
     import json

@@ -155,13 +155,25 @@ def speak(
     vocoder: str | None = None,
 ) -> Spoken:
     start = time.perf_counter()
-    cfg = cfg or FeatureConfig()
-    try:
-        probe(video)
-    except VideoError as e:
-        raise SpeakError(str(e)) from e
+    _check_video(video)  # a bad file is refused before the model loads
     gen = Generator.load(checkpoint)
-    speaker_D, described = voice(gen, reference_audio, speaker)
+    return speak_with(gen, voice(gen, reference_audio, speaker), video, out, cfg, start=start)
+
+
+def speak_with(
+    gen: Generator,
+    chosen_voice: tuple[np.ndarray | None, str],
+    video: str,
+    out: str,
+    cfg: FeatureConfig | None = None,
+    start: float | None = None,
+) -> Spoken:
+    """`speak` with a loaded model and a voice chosen by `voice`: a batch (`l2s dub`) loads both
+    once and speaks for many videos. `start` is when the caller's clock for this video began."""
+    start = time.perf_counter() if start is None else start
+    cfg = cfg or FeatureConfig()
+    _check_video(video)
+    speaker_D, described = chosen_voice
     roi_THW, face_ratio = mouth_rois(video, cfg)
     mel_MF = windowed_mel(gen, roi_THW, speaker_D)
     wav_S = load_vocoder(vocoder)(mel_MF)
@@ -173,3 +185,10 @@ def speak(
         voice=described,
         compute_seconds=time.perf_counter() - start,
     )
+
+
+def _check_video(video: str) -> None:
+    try:
+        probe(video)
+    except VideoError as e:
+        raise SpeakError(str(e)) from e

@@ -7,6 +7,7 @@ Frames are RGB uint8, shape frames_THWC. Decoding follows presentation timestamp
 from __future__ import annotations
 
 import os
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
@@ -16,6 +17,8 @@ from typing import BinaryIO
 import av
 import numpy as np
 
+from l2s import storage
+from l2s.audio import load_audio
 from l2s.config import AUDIO, VIDEO
 
 
@@ -50,20 +53,23 @@ def probe(source: str | Path | BinaryIO) -> VideoInfo:
             raise VideoError(f"{name}: no video stream")
         stream = container.streams.video[0]
         rate = stream.average_rate or stream.base_rate or Fraction(0)
-        if stream.duration is not None and stream.time_base is not None:
-            duration = float(stream.duration * stream.time_base)
-        elif container.duration is not None:
-            duration = container.duration / av.time_base
-        else:
-            duration = 0.0
         return VideoInfo(
             width=stream.codec_context.width,
             height=stream.codec_context.height,
             fps=float(rate),
-            duration=duration,
+            duration=_stated_seconds(container, stream),
             codec=stream.codec_context.name,
             has_audio=bool(container.streams.audio),
         )
+
+
+def _stated_seconds(container: av.container.InputContainer, stream: av.stream.Stream) -> float:
+    """The duration the file states for `stream` (else for the whole container; 0 if neither)."""
+    if stream.duration is not None and stream.time_base is not None:
+        return float(stream.duration * stream.time_base)
+    if container.duration is not None:
+        return container.duration / av.time_base
+    return 0.0
 
 
 def iter_frames(
@@ -155,3 +161,80 @@ def write_video(
             out.mux(audio.encode(frame))
             out.mux(audio.encode(None))
     os.replace(tmp, path)
+
+
+# Dubbed tracks are AAC at 48 kHz, the rate of video production; AAC's frame of 1024 samples is
+# then 21 ms, under one video frame, so the audio never outlasts the video by a frame.
+MUX_SAMPLE_RATE = 48000
+
+
+def mux_audio(video: str, wav: str, out: str) -> None:
+    """`video`'s first video stream, copied packet for packet (not re-encoded), with `wav` as the
+    only audio track (AAC, mono) → an mp4 at `out` (local or s3://), written whole or not at all.
+
+    The audio starts at the first video frame (speech sample 0 belongs to that frame) and is cut,
+    or padded with silence, to the duration the video stream states, so both streams end together.
+    """
+    speech_S = load_audio(wav, MUX_SAMPLE_RATE)
+    with _open(video) as source:
+        if not source.streams.video:
+            raise VideoError(f"{video}: no video stream")
+        stream_in = source.streams.video[0]
+        start = float(stream_in.start_time * stream_in.time_base) if stream_in.start_time else 0.0
+        n_samples = round(_stated_seconds(source, stream_in) * MUX_SAMPLE_RATE)
+        if n_samples:
+            speech_S = np.pad(speech_S[:n_samples], (0, max(0, n_samples - len(speech_S))))
+        codec = stream_in.codec_context.name
+        frame_ticks = round(1 / float(stream_in.average_rate or VIDEO.fps) / stream_in.time_base)
+        try:
+            with storage.atomic_write(out) as f, av.open(f, mode="w", format="mp4") as dest:
+                stream_out = dest.add_stream_from_template(stream_in)
+                audio_packets = deque(_aac_packets(dest, speech_S, start))
+                for packet in _timed(source.demux(stream_in), frame_ticks):
+                    # Interleaved by time, as players read them.
+                    while audio_packets and _seconds(audio_packets[0]) <= _seconds(packet):
+                        dest.mux(audio_packets.popleft())
+                    packet.stream = stream_out
+                    dest.mux(packet)
+                dest.mux(list(audio_packets))
+        except (av.error.FFmpegError, ValueError) as e:  # ValueError: a codec mp4 cannot hold
+            raise VideoError(f"{video}: cannot copy its {codec} video into an mp4 ({e})") from e
+
+
+def _timed(packets: Iterator[av.Packet], frame_ticks: int) -> Iterator[av.Packet]:
+    """The demuxed packets with the timing mp4 needs, which Matroska and WebM often leave out:
+    a duration on every packet (else the copied stream ends a frame early), and a decoding time
+    on the leading packets of a stream with B-frames (counted back, a frame each, from the first
+    packet that has one). The demuxer's empty end-of-stream packet is dropped."""
+    held: list[av.Packet] = []
+    for packet in packets:
+        if not packet.size:
+            continue
+        packet.duration = packet.duration or frame_ticks
+        if packet.dts is None:
+            held.append(packet)
+            continue
+        for k, early in enumerate(held):
+            early.dts = packet.dts - (len(held) - k) * frame_ticks
+        yield from held
+        held = []
+        yield packet
+    for early in held:  # no decoding time anywhere: no B-frames, so it is the presentation time
+        early.dts = early.pts
+    yield from held
+
+
+def _aac_packets(
+    dest: av.container.OutputContainer, speech_S: np.ndarray, start: float
+) -> list[av.Packet]:
+    audio = dest.add_stream("aac", rate=MUX_SAMPLE_RATE, layout="mono")
+    frame = av.AudioFrame.from_ndarray(
+        np.clip(speech_S, -1, 1).astype(np.float32)[None, :], format="flt", layout="mono"
+    )
+    frame.sample_rate = MUX_SAMPLE_RATE
+    frame.pts = round(start * MUX_SAMPLE_RATE)
+    return [*audio.encode(frame), *audio.encode(None)]
+
+
+def _seconds(packet: av.Packet) -> float:
+    return float(packet.dts * packet.time_base)
