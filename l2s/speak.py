@@ -157,7 +157,9 @@ def speak(
     start = time.perf_counter()
     _check_video(video)  # a bad file is refused before the model loads
     gen = Generator.load(checkpoint)
-    return speak_with(gen, voice(gen, reference_audio, speaker), video, out, cfg, start=start)
+    return speak_with(
+        gen, voice(gen, reference_audio, speaker), video, out, cfg, start=start, vocoder=vocoder
+    )
 
 
 def speak_with(
@@ -167,9 +169,11 @@ def speak_with(
     out: str,
     cfg: FeatureConfig | None = None,
     start: float | None = None,
+    vocoder: str | None = None,
 ) -> Spoken:
     """`speak` with a loaded model and a voice chosen by `voice`: a batch (`l2s dub`) loads both
-    once and speaks for many videos. `start` is when the caller's clock for this video began."""
+    once and speaks for many videos. `start` is when the caller's clock for this video began;
+    `vocoder` a `l2s.vocoder` spec (loaded once per process)."""
     start = time.perf_counter() if start is None else start
     cfg = cfg or FeatureConfig()
     _check_video(video)
