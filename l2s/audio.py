@@ -144,7 +144,8 @@ def griffin_lim(
     The mel is mapped back to a linear magnitude by the filterbank's pseudo-inverse (clipped at 0);
     phase is then estimated with the momentum ("fast") Griffin-Lim of Perraudin et al. 2013.
     """
-    mel_BMT = torch.as_tensor(np.asarray(mel) if not torch.is_tensor(mel) else mel).float().cpu()
+    mel_BMT = (mel if torch.is_tensor(mel) else torch.from_numpy(np.array(mel, np.float32))).float()
+    mel_BMT = mel_BMT.cpu()
     single = mel_BMT.dim() == 2
     if single:
         mel_BMT = mel_BMT.unsqueeze(0)

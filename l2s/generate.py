@@ -165,9 +165,11 @@ def generate_clips(
     mels = gen.mels(rois, [voices[c["id"]][0] for c in clips])
     mean_M = gen.mean_mel(1)[:, 0].tolist()
     records = []
-    for clip, mel_MF in zip(clips, mels, strict=True):
+    batch = getattr(vocode, "batch", None)  # a vocoder may run a whole batch at once
+    wavs = batch(mels) if batch else [vocode(m) for m in mels]
+    for clip, mel_MF, wav_S in zip(clips, mels, wavs, strict=True):
         wav = storage.join(out, WAV_DIR, f"{clip['id']}.wav")
-        write_wav(wav, vocode(mel_MF))
+        write_wav(wav, wav_S)
         records.append(
             {
                 "id": clip["id"],
