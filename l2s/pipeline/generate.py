@@ -103,7 +103,7 @@ def generate_split(
     if todo:
         voices = split_speakers(meta.to_pylist(), Generator.load(checkpoint).speakers)
         voices = {k: v for k, v in voices.items() if k in todo}
-        files = shards.list_shards(dataset, shards.FEATURES)
+        files = shards.shards_holding(dataset, shards.FEATURES, todo)
         fs, _ = storage.arrow_filesystem(files[0])
         remote = worker_env()
         ds = ray.data.read_parquet(

@@ -70,6 +70,17 @@ def read_table(
     return pa.concat_tables(parts) if parts else None
 
 
+def shards_holding(root: str, table: str, ids: set[str]) -> list[str]:
+    """The shards of `table` that hold any of `ids` (only their id columns are read): a job over
+    one split scans those, not the whole dataset."""
+    held = []
+    for uri in list_shards(root, table):
+        with storage.open_uri(uri) as f:
+            if not ids.isdisjoint(pq.read_table(f, columns=["id"]).column("id").to_pylist()):
+                held.append(uri)
+    return held
+
+
 def read_column(root: str, table: str, column: str) -> list:
     values: list = []
     for uri in list_shards(root, table):
