@@ -310,6 +310,7 @@ def serve(
 ) -> None:
     """Serve speech over HTTP (Ray Serve): POST /v1/speech, /v1/dub; a web page at /; /docs."""
     import os
+    import signal
     import threading
 
     from ray import serve as ray_serve
@@ -325,11 +326,13 @@ def serve(
         max_seconds=max_seconds,
     )
     url = start(cfg, host, port)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):  # Ctrl-C, or a process manager stopping us
+        signal.signal(sig, lambda *_: stop.set())
     console.print(f"serving {checkpoint} at {url}/ (API docs at {url}/docs); Ctrl-C stops")
-    try:
-        threading.Event().wait()
-    except KeyboardInterrupt:
-        ray_serve.shutdown()
+    stop.wait()
+    console.print("stopping")
+    ray_serve.shutdown()
 
 
 def summarize_corpus(root: Path) -> None:
