@@ -137,7 +137,7 @@ def stage_costs(clips: list[Path], checkpoint: str) -> None:
         print(f"  {stage:<38} {statistics.mean(t.wall for t in timers):7.3f} {cpu[stage]:7.3f}")
     for name, timer in (("model", model_batch), ("griffin-lim", gl_batch)):
         print(
-            f"  {name + ', per clip in a batch of 8':<30} {timer.wall / 8:7.3f} {timer.cpu / 8:7.3f}"
+            f"  {name + ', per clip in a batch of 8':<38} {timer.wall / 8:7.3f} {timer.cpu / 8:7.3f}"
         )
     batched = cpu["preprocess"] + (model_batch.cpu + gl_batch.cpu) / 8
     single = cpu["preprocess"] + cpu["model"] + cpu["griffin-lim"]
