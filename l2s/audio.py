@@ -7,6 +7,7 @@ there is no second copy. Shapes: S samples, B batch, M mel bands, T mel frames.
 from __future__ import annotations
 
 import functools
+import io
 from pathlib import Path
 from typing import BinaryIO
 
@@ -67,12 +68,18 @@ def _padding_limit(stream: av.audio.stream.AudioStream, sample_rate: int) -> tup
     return stated, int(np.ceil(frame_size * sample_rate / stream.rate)) + 1
 
 
+def wav_bytes(wav_S: np.ndarray, sample_rate: int = AUDIO.sample_rate) -> bytes:
+    """A whole 16-bit PCM WAV file in memory (what `write_wav` writes and the server sends)."""
+    buffer = io.BytesIO()
+    sf.write(
+        buffer, np.asarray(wav_S, dtype=np.float32), sample_rate, format="WAV", subtype="PCM_16"
+    )
+    return buffer.getvalue()
+
+
 def write_wav(path: str | Path, wav_S: np.ndarray, sample_rate: int = AUDIO.sample_rate) -> None:
     """16-bit PCM WAV (local path or s3://), written whole or not at all; folders are made."""
-    with storage.atomic_write(str(path)) as f:
-        sf.write(
-            f, np.asarray(wav_S, dtype=np.float32), sample_rate, format="WAV", subtype="PCM_16"
-        )
+    storage.write_bytes(str(path), wav_bytes(wav_S, sample_rate))
 
 
 @functools.cache
@@ -184,3 +191,21 @@ def griffin_lim(
     wav_BS = torch.nn.functional.pad(wav_BS, (shift, 0))[..., :n_samples]
     out = wav_BS.numpy().astype(np.float32)
     return out[0] if single else out
+
+
+def griffin_lim_batch(mels: list[np.ndarray], cfg: AudioConfig = AUDIO) -> list[np.ndarray]:
+    """Griffin-Lim for clips of different lengths in one pass (the server's dynamic batches).
+
+    The mels are padded to the longest with silence (the log floor) and each waveform is cut
+    back to its clip's T * hop samples. Each clip's phase starts from other random angles than
+    it would alone, and its last frame sees the silence after it: the result differs from
+    `griffin_lim` of the clip alone by what two runs of Griffin-Lim differ by.
+    """
+    if len(mels) == 1:
+        return [griffin_lim(mels[0], cfg)]
+    n_frames = [mel_MT.shape[1] for mel_MT in mels]
+    mel_BMT = np.full((len(mels), cfg.n_mels, max(n_frames)), np.log(cfg.log_floor), np.float32)
+    for b, mel_MT in enumerate(mels):
+        mel_BMT[b, :, : n_frames[b]] = mel_MT
+    wav_BS = griffin_lim(mel_BMT, cfg)
+    return [wav_BS[b, : n * cfg.hop_length] for b, n in enumerate(n_frames)]

@@ -350,6 +350,47 @@ def dub(
         raise typer.Exit(1) from e
 
 
+@app.command()
+def serve(
+    checkpoint: Annotated[str, typer.Option(help="A checkpoint or a run directory (its latest).")],
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    max_batch_size: Annotated[
+        int, typer.Option(help="Model windows per dynamic batch (1: no batching).")
+    ] = 8,
+    preprocess_replicas: Annotated[
+        int, typer.Option(help="Most face-tracking replicas (0: one per CPU but one).")
+    ] = 0,
+    max_upload_mb: Annotated[float, typer.Option(help="Largest upload accepted.")] = 100.0,
+    max_seconds: Annotated[float, typer.Option(help="Longest video accepted.")] = 60.0,
+) -> None:
+    """Serve speech over HTTP (Ray Serve): POST /v1/speech, /v1/dub; a web page at /; /docs."""
+    import os
+    import signal
+    import threading
+
+    from ray import serve as ray_serve
+
+    from l2s.serve import ServeConfig
+    from l2s.serve.app import start
+
+    cfg = ServeConfig(
+        checkpoint=checkpoint,
+        max_batch_size=max_batch_size,
+        max_preprocess_replicas=preprocess_replicas or max(1, (os.cpu_count() or 2) - 1),
+        max_upload_mb=max_upload_mb,
+        max_seconds=max_seconds,
+    )
+    url = start(cfg, host, port)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):  # Ctrl-C, or a process manager stopping us
+        signal.signal(sig, lambda *_: stop.set())
+    console.print(f"serving {checkpoint} at {url}/ (API docs at {url}/docs); Ctrl-C stops")
+    stop.wait()
+    console.print("stopping")
+    ray_serve.shutdown()
+
+
 def summarize_corpus(root: Path) -> None:
     """Print clips, speakers and hours per split of a corpus in LRS3 layout."""
     import json

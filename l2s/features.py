@@ -77,7 +77,7 @@ def decode_clip(row: ManifestRow, cfg: FeatureConfig) -> DecodedClip:
     if not data:
         raise ClipError("read", f"{row.video} is empty (0 bytes)")
     try:
-        info = probe(_named(data, row.video))
+        info = probe(named_bytes(data, row.video))
         if info.duration > cfg.max_seconds:
             raise ClipError(
                 "decode",
@@ -87,8 +87,8 @@ def decode_clip(row: ManifestRow, cfg: FeatureConfig) -> DecodedClip:
             raise ClipError(
                 "audio", "no audio stream (the speech target comes from the clip's audio)"
             )
-        frames_THWC, scale = _read_frames(_named(data, row.video), cfg, info.duration)
-        audio_S = load_audio(_named(data, row.video), AUDIO.sample_rate)
+        frames_THWC, scale = _read_frames(named_bytes(data, row.video), cfg, info.duration)
+        audio_S = load_audio(named_bytes(data, row.video), AUDIO.sample_rate)
     except VideoError as e:
         raise ClipError("decode", str(e)) from e
     except AudioError as e:
@@ -107,7 +107,7 @@ def decode_clip(row: ManifestRow, cfg: FeatureConfig) -> DecodedClip:
     )
 
 
-def _named(data: bytes, uri: str) -> io.BytesIO:
+def named_bytes(data: bytes, uri: str) -> io.BytesIO:
     """The bytes as a file named by their URI, so decoder errors name the clip, not a buffer."""
     buffer = io.BytesIO(data)
     buffer.name = uri

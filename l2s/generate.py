@@ -56,50 +56,37 @@ class Generator:
         """The train-split mean embedding of a speaker the model was trained on (None otherwise)."""
         return self.speakers.embedding(name)
 
-    @torch.inference_mode()
     def mel(self, roi_THW: np.ndarray, speaker_D: np.ndarray | None) -> np.ndarray:
         """96×96 uint8 mouth ROIs at 25 fps → log-mel M×(4·T) (centre 88×88 crop, as in validation)."""
-        device = self.model.mel_mean_M.device
-        video_BTHW = normalize_video(
-            torch.from_numpy(np.ascontiguousarray(crop(roi_THW, None)))[None]
-        )
-        speaker_BD = (
-            None if speaker_D is None else torch.as_tensor(speaker_D, dtype=torch.float32)[None]
-        )
-        output = self.model(
-            video_BTHW.to(device), None, None if speaker_BD is None else speaker_BD.to(device)
-        )
-        return output.mel_post_BMF[0].float().cpu().numpy()
+        return self.mels([roi_THW], [speaker_D])[0]
 
     @torch.inference_mode()
     def mels(
         self, rois: Sequence[np.ndarray], speakers: Sequence[np.ndarray | None]
     ) -> list[np.ndarray]:
-        """A batch of clips in one padded forward pass; each mel cut to its clip's 4·T frames.
-
-        A clip without a voice gets zeros, which the model reads as "no speaker" like None.
-        """
+        """Several clips in one forward pass (the server's dynamic batches): the ROIs are padded
+        to the longest clip, the model masks the padding, and each mel is cut back to 4·T.
+        A missing speaker is the zero vector, the model's "no speaker" input."""
         if len(rois) != len(speakers):
             raise ValueError(f"{len(rois)} clips but {len(speakers)} speaker embeddings")
         device = self.model.mel_mean_M.device
-        lengths = [len(r) for r in rois]
+        lengths = [len(roi_THW) for roi_THW in rois]
         size = VIDEO.crop_size
         video_BTHW = torch.zeros(len(rois), max(lengths), size, size, dtype=torch.uint8)
-        for i, roi_THW in enumerate(rois):
-            video_BTHW[i, : lengths[i]] = torch.from_numpy(
+        for b, roi_THW in enumerate(rois):
+            video_BTHW[b, : lengths[b]] = torch.from_numpy(
                 np.ascontiguousarray(crop(roi_THW, None))
             )
-        dim = self.model.cfg.speaker_dim
-        speaker_BD = torch.from_numpy(
-            np.stack([np.zeros(dim, np.float32) if s is None else s for s in speakers])
-        ).float()
-        output = self.model(
-            normalize_video(video_BTHW).to(device),
-            torch.tensor(lengths, device=device),
-            speaker_BD.to(device),
-        )
+        lengths_B = None if len(set(lengths)) == 1 else torch.tensor(lengths, device=device)
+        speaker_BD = None
+        if any(s is not None for s in speakers):
+            zeros_D = np.zeros(self.model.cfg.speaker_dim, np.float32)
+            speaker_BD = torch.from_numpy(
+                np.stack([zeros_D if s is None else np.asarray(s, np.float32) for s in speakers])
+            ).to(device)
+        output = self.model(normalize_video(video_BTHW).to(device), lengths_B, speaker_BD)
         mel_BMF = output.mel_post_BMF.float().cpu().numpy()
-        return [mel_BMF[i, :, : MELS_PER_FRAME * n] for i, n in enumerate(lengths)]
+        return [mel_BMF[b, :, : n * MELS_PER_FRAME] for b, n in enumerate(lengths)]
 
     def mean_mel(self, n_frames: int) -> np.ndarray:
         """The constant mean-mel predictor (a baseline): the training mel mean at every frame."""

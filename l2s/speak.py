@@ -18,6 +18,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from tqdm import tqdm
@@ -56,7 +57,7 @@ class Spoken:
         return self.compute_seconds / max(self.seconds, 1e-9)
 
 
-def _frame_chunks(video: str, max_side: int) -> Iterator[np.ndarray]:
+def _frame_chunks(video: str | BinaryIO, max_side: int) -> Iterator[np.ndarray]:
     """Downscaled 25 fps frames in chunks of TRACK_CHUNK + TRACK_OVERLAP; every chunk after the
     first starts with the last TRACK_OVERLAP frames of the one before."""
     buffer: list[np.ndarray] = []
@@ -70,19 +71,27 @@ def _frame_chunks(video: str, max_side: int) -> Iterator[np.ndarray]:
         yield np.stack(buffer)
 
 
-def mouth_rois(video: str, cfg: FeatureConfig) -> tuple[np.ndarray, float]:
+def mouth_rois(
+    video: str | BinaryIO, cfg: FeatureConfig, max_seconds: float | None = None
+) -> tuple[np.ndarray, float]:
     """96×96 mouth ROIs of every 25 fps frame, and the fraction of frames with a detected face.
 
     A chunk without any face gets the mean grey (the model's "nothing seen" input) and counts as
-    faceless; a video without a face anywhere is an error.
+    faceless; a video without a face anywhere is an error. `max_seconds` bounds what is decoded
+    even when the container states no duration (the server's limit; `speak` has none).
     """
+    name = getattr(video, "name", video)
     detector = load_detector(cfg.face)
     rois: list[np.ndarray] = []
     faces = 0.0
+    n_frames = 0
     first = True
     for chunk_THWC in _frame_chunks(video, cfg.max_side):
         keep = slice(0, None) if first else slice(TRACK_OVERLAP, None)
         n_new = len(chunk_THWC) - (0 if first else TRACK_OVERLAP)
+        n_frames += n_new
+        if max_seconds is not None and n_frames > max_seconds * VIDEO.fps + 1:
+            raise SpeakError(f"{name}: video runs past the limit of {max_seconds:g} s")
         try:
             track = detect_landmarks(chunk_THWC, cfg.face, detector)
             roi_THW = crop_mouth(chunk_THWC, track.landmarks_TK2, VIDEO.roi_size)[keep]
@@ -92,25 +101,28 @@ def mouth_rois(video: str, cfg: FeatureConfig) -> tuple[np.ndarray, float]:
         rois.append(roi_THW)
         first = False
     if not rois:
-        raise SpeakError(f"{video}: no video frames")
+        raise SpeakError(f"{name}: no video frames")
     roi_THW = np.concatenate(rois)
     if faces == 0:
-        raise SpeakError(f"{video}: no face found in any frame")
+        raise SpeakError(f"{name}: no face found in any frame")
     return roi_THW, faces / len(roi_THW)
 
 
-def windowed_mel(gen: Generator, roi_THW: np.ndarray, speaker_D: np.ndarray | None) -> np.ndarray:
-    """The model over overlapping windows of the clip, cross-faded into one mel of 4·T frames."""
-    n_frames = len(roi_THW)
+def window_starts(n_frames: int) -> list[int]:
+    """First frames of the model windows over a clip of `n_frames` (one window if it fits)."""
     if n_frames <= WINDOW:
-        return gen.mel(roi_THW, speaker_D)
+        return [0]
+    return [*range(0, n_frames - WINDOW, WINDOW - WINDOW_OVERLAP), n_frames - WINDOW]
+
+
+def blend_windows(mels: list[np.ndarray], starts: list[int], n_frames: int) -> np.ndarray:
+    """Mels of the windows at `starts`, cross-faded linearly where they overlap: M×(4·T)."""
+    if len(mels) == 1:
+        return mels[0]
     total_MF = np.zeros((AUDIO.n_mels, n_frames * MELS_PER_FRAME), np.float32)
     weight_F = np.zeros(n_frames * MELS_PER_FRAME, np.float32)
     ramp = WINDOW_OVERLAP * MELS_PER_FRAME
-    step = WINDOW - WINDOW_OVERLAP
-    starts = [*range(0, n_frames - WINDOW, step), n_frames - WINDOW]
-    for start in tqdm(starts, desc="speak", unit="window", leave=False):
-        mel_MF = gen.mel(roi_THW[start : start + WINDOW], speaker_D)
+    for mel_MF, start in zip(mels, starts, strict=True):
         w_F = np.ones(mel_MF.shape[1], np.float32)
         w_F[:ramp] = np.minimum(w_F[:ramp], np.linspace(0.01, 1, ramp)) if start else 1.0
         if start + WINDOW < n_frames:
@@ -119,6 +131,16 @@ def windowed_mel(gen: Generator, roi_THW: np.ndarray, speaker_D: np.ndarray | No
         total_MF[:, f0 : f0 + mel_MF.shape[1]] += mel_MF * w_F
         weight_F[f0 : f0 + mel_MF.shape[1]] += w_F
     return total_MF / weight_F
+
+
+def windowed_mel(gen: Generator, roi_THW: np.ndarray, speaker_D: np.ndarray | None) -> np.ndarray:
+    """The model over overlapping windows of the clip, cross-faded into one mel of 4·T frames."""
+    starts = window_starts(len(roi_THW))
+    mels = [
+        gen.mel(roi_THW[start : start + WINDOW], speaker_D)
+        for start in tqdm(starts, desc="speak", unit="window", leave=False, disable=len(starts) < 2)
+    ]
+    return blend_windows(mels, starts, len(roi_THW))
 
 
 def voice(

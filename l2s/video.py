@@ -1,4 +1,5 @@
-"""Video: probe, decode at a fixed frame rate (by timestamps), write h264 + AAC, mux (PyAV / FFmpeg).
+"""Video: probe, decode at a fixed frame rate (by timestamps), write h264 + AAC, mux new audio in
+(PyAV / FFmpeg).
 
 Frames are RGB uint8, shape frames_THWC. Decoding follows presentation timestamps, never
 "frame index ÷ nominal fps": variable-frame-rate clips (phone footage, some fixtures) stay in sync.
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 import av
+import librosa
 import numpy as np
 
 from l2s import storage
@@ -46,12 +48,22 @@ def _open(source: str | Path | BinaryIO) -> av.container.InputContainer:
         raise VideoError(f"{name}: cannot open as a video ({e})") from e
 
 
+def _video_stream(container: av.container.InputContainer, name: object) -> av.video.VideoStream:
+    """The first video stream, if FFmpeg has a decoder for it."""
+    if not container.streams.video:
+        raise VideoError(f"{name}: no video stream")
+    stream = container.streams.video[0]
+    # A stream whose codec FFmpeg does not know has no codec context; decoding it crashes
+    # the process (a segfault, not an exception), so it must be refused before any decode.
+    if stream.codec_context is None:
+        raise VideoError(f"{name}: unsupported video codec (FFmpeg has no decoder for it)")
+    return stream
+
+
 def probe(source: str | Path | BinaryIO) -> VideoInfo:
     name = getattr(source, "name", source)
     with _open(source) as container:
-        if not container.streams.video:
-            raise VideoError(f"{name}: no video stream")
-        stream = container.streams.video[0]
+        stream = _video_stream(container, name)
         rate = stream.average_rate or stream.base_rate or Fraction(0)
         return VideoInfo(
             width=stream.codec_context.width,
@@ -82,9 +94,7 @@ def iter_frames(
     name = getattr(source, "name", source)
     fmt = "gray" if gray else "rgb24"
     with _open(source) as container:
-        if not container.streams.video:
-            raise VideoError(f"{name}: no video stream")
-        stream = container.streams.video[0]
+        stream = _video_stream(container, name)
         stream.thread_type = "AUTO"
         step = 1.0 / fps
         first_time: float | None = None
@@ -145,22 +155,35 @@ def write_video(
         video.width, video.height, video.pix_fmt = width, height, "yuv420p"
         video.options = {"crf": str(crf), "preset": "veryfast", "threads": "1"}
         video.codec_context.flags |= av.codec.context.Flags.bitexact
-        audio = None
-        if audio_S is not None:
-            audio = out.add_stream("aac", rate=sample_rate, layout="mono")
-            audio.codec_context.flags |= av.codec.context.Flags.bitexact
+        audio = None if audio_S is None else _aac_stream(out, sample_rate)
         for image in frames_THWC:
             frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
             out.mux(video.encode(frame))
         out.mux(video.encode(None))
         if audio is not None:
-            samples = np.clip(np.asarray(audio_S, dtype=np.float32), -1, 1)[None, :]
-            frame = av.AudioFrame.from_ndarray(samples, format="flt", layout="mono")
-            frame.sample_rate = sample_rate
-            frame.pts = 0
-            out.mux(audio.encode(frame))
-            out.mux(audio.encode(None))
+            _encode_audio(out, audio, audio_S, sample_rate)
     os.replace(tmp, path)
+
+
+def _aac_stream(out: av.container.OutputContainer, sample_rate: int) -> av.audio.AudioStream:
+    audio = out.add_stream("aac", rate=sample_rate, layout="mono")
+    audio.codec_context.flags |= av.codec.context.Flags.bitexact
+    return audio
+
+
+def _encode_audio(
+    out: av.container.OutputContainer,
+    stream: av.audio.AudioStream,
+    audio_S: np.ndarray,
+    sample_rate: int,
+) -> None:
+    """Encode a whole mono signal from time 0 (PyAV cuts it into codec frames) and flush."""
+    samples = np.clip(np.asarray(audio_S, dtype=np.float32), -1, 1)[None, :]
+    frame = av.AudioFrame.from_ndarray(samples, format="flt", layout="mono")
+    frame.sample_rate = sample_rate
+    frame.pts = 0
+    out.mux(stream.encode(frame))
+    out.mux(stream.encode(None))
 
 
 # Dubbed tracks are AAC at 48 kHz, the rate of video production; AAC's frame of 1024 samples is
@@ -168,14 +191,22 @@ def write_video(
 MUX_SAMPLE_RATE = 48000
 
 
-def mux_audio(video: str, wav: str, out: str) -> None:
-    """`video`'s first video stream, copied packet for packet (not re-encoded), with `wav` as the
-    only audio track (AAC, mono) → an mp4 at `out` (local or s3://), written whole or not at all.
+def mux_audio(
+    video: str, speech: str | np.ndarray, out: str, sample_rate: int = AUDIO.sample_rate
+) -> None:
+    """`video`'s first video stream, copied packet for packet (not re-encoded), with `speech` (a
+    wav file, or samples at `sample_rate`) as the only audio track (AAC, mono) → an mp4 at `out`
+    (local or s3://), written whole or not at all.
 
     The audio starts at the first video frame (speech sample 0 belongs to that frame) and is cut,
     or padded with silence, to the duration the video stream states, so both streams end together.
     """
-    speech_S = load_audio(wav, MUX_SAMPLE_RATE)
+    if isinstance(speech, np.ndarray):
+        speech_S = librosa.resample(
+            speech.astype(np.float32), orig_sr=sample_rate, target_sr=MUX_SAMPLE_RATE
+        )
+    else:
+        speech_S = load_audio(speech, MUX_SAMPLE_RATE)
     with _open(video) as source:
         if not source.streams.video:
             raise VideoError(f"{video}: no video stream")

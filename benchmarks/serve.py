@@ -1,0 +1,343 @@
+"""Serving latency and throughput: concurrent clients posting 3-s clips to /v1/speech, with the
+model's dynamic batching (`@serve.batch`) on and off, in the same run.
+
+    python benchmarks/serve.py --checkpoint out/runs/tiny [--clients 8] [--requests 64]
+    python benchmarks/serve.py --checkpoint out/runs/tiny --screenshot out/serve.png
+
+Clips: the first `--seconds` of each real fixture clip (../shared/fixtures/real), re-encoded as
+silent h264 at 25 fps at their own size (524²–844²), as a user's upload would be.
+
+First, where the time of one request goes: each stage run in this process on the same clips
+(decode + face tracking + mouth crop, the model, Griffin-Lim alone and for 8 clips at once).
+Then, per variant, a fresh Serve app on a local Ray with every CPU of this machine:
+    batching     max_batch_size 8 (model windows and Griffin-Lim runs across requests)
+    no batching  max_batch_size 1
+with the same replicas otherwise. After a warm-up round (one request per client, not counted),
+`--clients` threads post the clips round-robin in a closed loop until `--requests` are answered.
+Reported: latency p50/p95/p99, throughput (requests/s, and seconds of video per second), the mean
+batch size the model and the vocoder saw, the CPU seconds the server spent per request (all Ray
+processes: a measure that other load on the machine does not inflate the way it does latency),
+and batching ÷ no batching ratios. The load average before and after is printed too.
+
+`--screenshot PNG` instead starts the app once, uploads a clip on the web page in Debian's
+Chromium (`--mode dub` or `speech`), plays the result and saves a screenshot of the page.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import socket
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from itertools import islice
+from pathlib import Path
+
+import numpy as np
+import psutil
+import requests
+
+FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "real"
+
+
+@dataclass(frozen=True)
+class Result:
+    variant: str
+    latencies: list[float]
+    wall_s: float
+    video_s: float
+    model_batch: float
+    vocoder_batch: float
+    server_cpu_s: float  # CPU seconds of all Ray processes per answered request
+
+    def percentile(self, q: float) -> float:
+        return float(np.percentile(self.latencies, q))
+
+    @property
+    def throughput(self) -> float:
+        return len(self.latencies) / self.wall_s
+
+
+def cut_clips(seconds: float, folder: Path) -> list[Path]:
+    """The first `seconds` of every real fixture clip, silent, 25 fps, native size."""
+    from l2s.config import VIDEO
+    from l2s.video import iter_frames, write_video
+
+    sources = sorted(FIXTURES.glob("*.mp4"))
+    if not sources:
+        sys.exit(f"no real fixture clips in {FIXTURES}")
+    clips = []
+    for source in sources:
+        frames = list(islice(iter_frames(source, fps=VIDEO.fps), round(seconds * VIDEO.fps)))
+        clip = folder / f"{source.stem}_{seconds:g}s.mp4"
+        write_video(clip, np.stack(frames))
+        clips.append(clip)
+    return clips
+
+
+class Timer:
+    """Wall and CPU seconds (all threads of this process) of what runs inside `with`."""
+
+    def __enter__(self) -> Timer:
+        self.wall, self.cpu = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *_) -> None:
+        self.wall = time.perf_counter() - self.wall
+        self.cpu = time.process_time() - self.cpu
+
+
+def stage_costs(clips: list[Path], checkpoint: str) -> None:
+    """Wall and CPU seconds per clip of each stage of a request, in this process (torch on one
+    thread); `decode` is the decoding and downscaling part of `preprocess`. From the CPU
+    seconds, the most requests/s the machine's cores can answer."""
+    import torch
+
+    from l2s.audio import griffin_lim, griffin_lim_batch
+    from l2s.features import FeatureConfig, downscaled_frames
+    from l2s.generate import Generator
+    from l2s.speak import mouth_rois
+
+    torch.set_num_threads(1)
+    cfg = FeatureConfig()
+    gen = Generator.load(checkpoint)
+    mouth_rois(str(clips[0]), cfg)  # loads dlib's models
+    timed: dict[str, list[Timer]] = {"decode": [], "preprocess": [], "model": [], "griffin-lim": []}
+    rois, mels = [], []
+    for clip in clips:
+        with Timer() as timer:
+            for _ in downscaled_frames(str(clip), cfg.max_side):
+                pass
+        timed["decode"].append(timer)
+        with Timer() as timer:
+            rois.append(mouth_rois(str(clip), cfg)[0])
+        timed["preprocess"].append(timer)
+        with Timer() as timer:
+            mels.append(gen.mel(rois[-1], None))
+        timed["model"].append(timer)
+        with Timer() as timer:
+            griffin_lim(mels[-1])
+        timed["griffin-lim"].append(timer)
+    eight = [i % len(clips) for i in range(8)]
+    with Timer() as model_batch:
+        gen.mels([rois[i] for i in eight], [None] * 8)
+    with Timer() as gl_batch:
+        griffin_lim_batch([mels[i] for i in eight])
+    print("stage costs per clip, in process, torch on one thread (mean over the clips);")
+    print("preprocess = decode (25 fps, downscaled to 480 px) + face tracking + mouth crop:")
+    print(f"  {'stage':<38} {'wall s':>7} {'CPU s':>7}")
+    cpu = {}
+    for stage, timers in timed.items():
+        cpu[stage] = statistics.mean(t.cpu for t in timers)
+        print(f"  {stage:<38} {statistics.mean(t.wall for t in timers):7.3f} {cpu[stage]:7.3f}")
+    for name, timer in (("model", model_batch), ("griffin-lim", gl_batch)):
+        print(
+            f"  {name + ', per clip in a batch of 8':<38} {timer.wall / 8:7.3f} {timer.cpu / 8:7.3f}"
+        )
+    batched = cpu["preprocess"] + (model_batch.cpu + gl_batch.cpu) / 8
+    single = cpu["preprocess"] + cpu["model"] + cpu["griffin-lim"]
+    cores = os.cpu_count() or 1
+    print(
+        f"CPU s per request: {single:.2f} one by one, {batched:.2f} batched by 8; on {cores} "
+        f"cores at most {cores / batched:.2f} requests/s, so 8 clients in a closed loop wait "
+        f"at least {8 * batched / cores:.2f} s each (Little's law)"
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def post(url: str, clip: Path) -> float:
+    start = time.perf_counter()
+    with open(clip, "rb") as f:
+        response = requests.post(f"{url}/v1/speech", files={"video": (clip.name, f)}, timeout=300)
+    if response.status_code != 200:
+        raise RuntimeError(f"{clip.name}: {response.status_code} {response.text}")
+    return time.perf_counter() - start
+
+
+def load(url: str, clips: list[Path], clients: int, n_requests: int) -> tuple[list[float], float]:
+    """`clients` threads in a closed loop until `n_requests` are answered: latencies, wall s."""
+    latencies: list[float] = []
+    issued = 0
+    lock = threading.Lock()
+
+    def client() -> None:
+        nonlocal issued
+        while True:
+            with lock:
+                if issued >= n_requests:
+                    return
+                clip = clips[issued % len(clips)]
+                issued += 1
+            seconds = post(url, clip)
+            with lock:
+                latencies.append(seconds)
+
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    start = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return latencies, time.perf_counter() - start
+
+
+def server_cpu_seconds() -> float:
+    """CPU seconds (user + system) used so far by the local Ray's processes: this driver's
+    descendants (raylet, GCS, Serve's proxy, controller and replicas), not its client threads."""
+    total = 0.0
+    for child in psutil.Process().children(recursive=True):
+        try:
+            times = child.cpu_times()
+        except psutil.Error:  # a process that ended between listing and reading it
+            continue
+        total += times.user + times.system
+    return total
+
+
+def mean_batch(counts: dict[int, int]) -> float:
+    return sum(size * n for size, n in counts.items()) / max(1, sum(counts.values()))
+
+
+def run_variant(name: str, cfg, clips: list[Path], args: argparse.Namespace) -> Result:
+    from ray import serve
+
+    from l2s.serve.app import app_for
+
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    serve.run(app_for(cfg), name="l2s", route_prefix="/")
+    url = f"http://127.0.0.1:{port}"
+    try:
+        load(url, clips, args.clients, args.clients)  # warm-up: every replica has run once
+        synthesizer = serve.get_deployment_handle("Synthesizer", app_name="l2s")
+        before = synthesizer.batch_sizes.remote().result()
+        cpu_before = server_cpu_seconds()
+        latencies, wall_s = load(url, clips, args.clients, args.requests)
+        cpu_s = server_cpu_seconds() - cpu_before
+        after = synthesizer.batch_sizes.remote().result()
+    finally:
+        serve.shutdown()
+    new = {
+        stage: {k: v - before[stage].get(k, 0) for k, v in after[stage].items()} for stage in after
+    }
+    return Result(
+        variant=name,
+        latencies=latencies,
+        wall_s=wall_s,
+        video_s=args.seconds * len(latencies),
+        model_batch=mean_batch(new["model"]),
+        vocoder_batch=mean_batch(new["vocoder"]),
+        server_cpu_s=cpu_s / len(latencies),
+    )
+
+
+def report(results: list[Result], args: argparse.Namespace) -> None:
+    print(
+        f"\n{args.clients} concurrent clients, {args.requests} requests of {args.seconds:g}-s "
+        f"clips, {args.preprocess_replicas} preprocessing replicas, {os.cpu_count()} CPUs; "
+        f"load average now {os.getloadavg()[0]:.1f}"
+    )
+    header = (
+        f"{'variant':<12} {'p50 s':>7} {'p95 s':>7} {'p99 s':>7} {'req/s':>7} {'video s/s':>10} "
+        f"{'model batch':>12} {'vocoder batch':>14} {'CPU s/req':>10}"
+    )
+    print(header)
+    for r in results:
+        print(
+            f"{r.variant:<12} {r.percentile(50):7.2f} {r.percentile(95):7.2f} "
+            f"{r.percentile(99):7.2f} {r.throughput:7.2f} {r.video_s / r.wall_s:10.2f} "
+            f"{r.model_batch:12.2f} {r.vocoder_batch:14.2f} {r.server_cpu_s:10.2f}"
+        )
+    on, off = results
+    print(
+        f"batching ÷ no batching: throughput ×{on.throughput / off.throughput:.2f}, "
+        f"p50 ×{on.percentile(50) / off.percentile(50):.2f}, "
+        f"p99 ×{on.percentile(99) / off.percentile(99):.2f}"
+    )
+    if args.clients == 8 and args.seconds == 3:
+        met = on.percentile(50) <= 1.5 and on.percentile(99) <= 4.0
+        print(
+            f"issue 6 target (p50 <= 1.5 s, p99 <= 4 s) with batching: {'met' if met else 'NOT met'}"
+        )
+
+
+def screenshot(cfg, clips: list[Path], args: argparse.Namespace) -> None:
+    from ray import serve
+
+    from l2s.serve.app import app_for
+    from l2s.serve.browser import speak_in_page
+
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    serve.run(app_for(cfg), name="l2s", route_prefix="/")
+    try:
+        result = speak_in_page(
+            f"http://127.0.0.1:{port}", clips[2], args.mode, screenshot=args.screenshot
+        )
+    finally:
+        serve.shutdown()
+    if result.error:
+        sys.exit(f"the page showed an error: {result.error}")
+    print(
+        f"{result.status}\nplayed {result.duration:.2f} s of {args.mode}; wrote {args.screenshot}"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--checkpoint", required=True, help="checkpoint or run directory")
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--requests", type=int, default=64, help="answered requests per variant")
+    parser.add_argument("--seconds", type=float, default=3.0, help="clip length")
+    parser.add_argument("--preprocess-replicas", type=int, default=2)
+    parser.add_argument(
+        "--preprocess-cpus", type=float, default=0.5, help="Ray CPUs reserved per replica"
+    )
+    parser.add_argument("--max-batch-size", type=int, default=8)
+    parser.add_argument("--no-profile", action="store_true", help="skip the stage costs")
+    parser.add_argument("--screenshot", type=Path, help="save a screenshot of the page instead")
+    parser.add_argument("--mode", choices=("speech", "dub"), default="dub")
+    args = parser.parse_args()
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+    import ray
+
+    from l2s.serve import ServeConfig
+
+    print(f"load average before: {os.getloadavg()[0]:.1f} (1 min)")
+    with tempfile.TemporaryDirectory(prefix="l2s-serve-bench-") as folder:
+        clips = cut_clips(args.seconds, Path(folder))
+        if not args.screenshot and not args.no_profile:
+            stage_costs(clips, args.checkpoint)
+        ray.init(address="local", include_dashboard=False, log_to_driver=False)
+        cfg = ServeConfig(
+            checkpoint=args.checkpoint,
+            max_batch_size=args.max_batch_size,
+            min_preprocess_replicas=args.preprocess_replicas,
+            max_preprocess_replicas=args.preprocess_replicas,
+            preprocess_cpus=args.preprocess_cpus,
+        )
+        if args.screenshot:
+            screenshot(cfg, clips, args)
+            return
+        unbatched = dataclasses.replace(cfg, max_batch_size=1)
+        results = [
+            run_variant("batching", cfg, clips, args),
+            run_variant("no batching", unbatched, clips, args),
+        ]
+        report(results, args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,282 @@
+"""The HTTP endpoint on Ray Serve: a video in, speech (or the video with speech) out.
+
+    l2s serve --checkpoint out/runs/tiny                     # http://127.0.0.1:8000/
+    serve run l2s.serve.app:build_app checkpoint=out/runs/tiny max_batch_size=4
+    L2S_CHECKPOINT=s3://models/run serve build l2s.serve.app:app -o serve.yaml  # RayService
+
+Routes (FastAPI; OpenAPI at /docs and /openapi.json):
+    GET  /            a web page: upload a video, play or download the result
+    GET  /healthz     {"status": "ok", ...}
+    POST /v1/speech   multipart `video` (+ optional `speaker`) → audio/wav, 16 kHz mono
+    POST /v1/dub      the same → video/mp4: the video stream copied, the speech as its audio
+
+Bad input never gives a 500: 413 for an upload over the size limit, 415 for a file that is not
+a video FFmpeg can read (corrupt, truncated, audio only, an unknown codec), 422 for a video that
+cannot be spoken (too long, too large a frame, no face, decoding fails midway), each with
+`{"detail": reason}`.
+
+The ingress does no heavy work itself: it reads the upload and hands it to the deployments of
+l2s/serve/deployments.py; for /v1/dub it muxes the speech in (a stream copy) in a thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import tempfile
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+from fastapi import FastAPI, File, Form, HTTPException, UploadFile
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from l2s import __version__
+from l2s.audio import wav_bytes
+from l2s.config import AUDIO
+from l2s.serve.config import Rejected, ServeConfig
+from l2s.serve.deployments import Preprocess, Synthesizer
+from l2s.video import VideoError, mux_audio
+
+# Multipart framing around the file (boundaries, part headers, the `speaker` field) is allowed
+# on top of the upload limit when the request's Content-Length is checked.
+MULTIPART_SLACK = 64 * 1024
+VideoUpload = Annotated[
+    UploadFile, File(description="A video of one talking face (mp4, webm, mov, ...)")
+]
+SpeakerName = Annotated[
+    str | None, Form(description="A speaker the model was trained on (default: their average)")
+]
+ERRORS = {
+    413: {"description": "Upload over the size limit"},
+    415: {"description": "Not a video FFmpeg can read (corrupt, audio only, unknown codec)"},
+    422: {"description": "A video that cannot be spoken (too long, too large, no face, ...)"},
+}
+
+
+class UploadLimit:
+    """ASGI middleware: a request body over the upload limit gets a 413 — refused on its
+    Content-Length before anything is read, or cut off once a chunked body runs past it."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope["headers"]).get(b"content-length", b"")
+        if length.isdigit() and int(length) > self.max_bytes + MULTIPART_SLACK:
+            detail = f"upload is {int(length) / 2**20:.1f} MiB; {self._limit()}"
+            await JSONResponse({"detail": detail}, status_code=413)(scope, receive, send)
+            return
+        received = 0
+
+        async def counted() -> Message:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.max_bytes + MULTIPART_SLACK:
+                raise HTTPException(413, f"upload runs past the limit; {self._limit()}")
+            return message
+
+        await self.app(scope, counted, send)
+
+    def _limit(self) -> str:
+        return f"the limit is {self.max_bytes / 2**20:g} MiB"
+
+
+def make_api(
+    cfg: ServeConfig, preprocess: DeploymentHandle, synthesizer: DeploymentHandle
+) -> FastAPI:
+    """The FastAPI app of one ingress replica, calling the deployments through their handles."""
+    api = FastAPI(
+        title="l2s",
+        version=__version__,
+        summary="Lip-to-speech: a silent talking-face video in, speech out.",
+        description=(
+            f"Limits: uploads up to {cfg.max_upload_mb:g} MiB, videos up to {cfg.max_seconds:g} s "
+            f"and {cfg.max_side} px on the long side. Checkpoint: `{cfg.checkpoint}`."
+        ),
+    )
+    api.add_middleware(UploadLimit, max_bytes=cfg.max_upload_bytes)
+    page = resources.files("l2s.serve").joinpath("index.html").read_text(encoding="utf-8")
+
+    async def speech_of(video: UploadFile, speaker: str | None) -> tuple[bytes, np.ndarray, float]:
+        """The upload's bytes, its speech wav_S and the fraction of frames with a face."""
+        data = await video.read()
+        name = video.filename or "upload"
+        if len(data) > cfg.max_upload_bytes:
+            raise HTTPException(
+                413,
+                f"{name}: upload is {len(data) / 2**20:.1f} MiB; the limit is "
+                f"{cfg.max_upload_mb:g} MiB",
+            )
+        if not data:
+            raise HTTPException(422, f"{name}: upload is empty (0 bytes)")
+        try:
+            roi_THW, face_ratio = await preprocess.rois.remote(data, name)
+            wav_S = await synthesizer.speak.remote(roi_THW, speaker or None)
+        except Rejected as e:
+            raise HTTPException(e.status, e.reason) from None
+        return data, wav_S, face_ratio
+
+    def headers(video: UploadFile, wav_S: np.ndarray, face_ratio: float, suffix: str) -> dict:
+        stem = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(video.filename or "video").stem) or "video"
+        return {
+            "Content-Disposition": f'inline; filename="{stem}{suffix}"',
+            "X-Audio-Seconds": f"{len(wav_S) / AUDIO.sample_rate:.3f}",
+            "X-Face-Ratio": f"{face_ratio:.3f}",
+        }
+
+    @api.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def index() -> HTMLResponse:
+        return HTMLResponse(page)
+
+    @api.get("/healthz")
+    async def healthz() -> dict[str, Any]:
+        return {"status": "ok", "version": __version__, "checkpoint": cfg.checkpoint}
+
+    @api.post(
+        "/v1/speech",
+        response_class=Response,
+        responses={200: {"content": {"audio/wav": {}}, "description": "16 kHz mono WAV"}, **ERRORS},
+    )
+    async def speech(
+        video: VideoUpload,
+        speaker: SpeakerName = None,
+    ) -> Response:
+        """Speech for the video: a WAV as long as the video."""
+        _, wav_S, face_ratio = await speech_of(video, speaker)
+        return Response(
+            wav_bytes(wav_S),
+            media_type="audio/wav",
+            headers=headers(video, wav_S, face_ratio, ".wav"),
+        )
+
+    @api.post(
+        "/v1/dub",
+        response_class=Response,
+        responses={
+            200: {"content": {"video/mp4": {}}, "description": "The video with speech"},
+            **ERRORS,
+        },
+    )
+    async def dub(
+        video: VideoUpload,
+        speaker: SpeakerName = None,
+    ) -> Response:
+        """The same video with the generated speech as its only audio track (mp4; the video
+        stream is copied, not re-encoded)."""
+        data, wav_S, face_ratio = await speech_of(video, speaker)
+        try:
+            dubbed = await asyncio.to_thread(_dub, data, Path(video.filename or "").suffix, wav_S)
+        except VideoError as e:
+            raise HTTPException(415, str(e)) from None
+        return Response(
+            dubbed, media_type="video/mp4", headers=headers(video, wav_S, face_ratio, ".dub.mp4")
+        )
+
+    return api
+
+
+def _dub(data: bytes, suffix: str, wav_S: np.ndarray) -> bytes:
+    with tempfile.TemporaryDirectory(prefix="l2s-dub-") as folder:
+        source, out = Path(folder) / f"in{suffix[:16]}", Path(folder) / "out.mp4"
+        source.write_bytes(data)
+        mux_audio(source, wav_S, str(out))
+        return out.read_bytes()
+
+
+@serve.deployment(max_ongoing_requests=64, ray_actor_options={"num_cpus": 0.1})
+@serve.ingress()
+class Api:
+    """The HTTP ingress; its FastAPI app is built in the replica (`__serve_build_asgi_app__`),
+    so that the routes can close over this deployment's config and handles."""
+
+    def __init__(
+        self, preprocess: DeploymentHandle, synthesizer: DeploymentHandle, cfg: ServeConfig
+    ) -> None:
+        self.preprocess = preprocess
+        self.synthesizer = synthesizer
+        self.cfg = cfg
+
+    def __serve_build_asgi_app__(self) -> FastAPI:
+        return make_api(self.cfg, self.preprocess, self.synthesizer)
+
+
+def model_gpus(cfg: ServeConfig) -> float:
+    """GPUs per model replica: as configured, else one if the Ray cluster we are connected to
+    (or, before connecting, this machine) has a GPU."""
+    if cfg.model_gpus is not None:
+        return cfg.model_gpus
+    import ray
+
+    if ray.is_initialized():
+        return 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
+    import torch
+
+    return 1.0 if torch.cuda.is_available() else 0.0
+
+
+def app_for(cfg: ServeConfig) -> serve.Application:
+    """The application graph: ingress → Preprocess → Synthesizer, sized by `cfg`."""
+    from l2s.pipeline.runtime import worker_env
+
+    preprocess = Preprocess.options(
+        autoscaling_config={
+            "min_replicas": cfg.min_preprocess_replicas,
+            "initial_replicas": cfg.min_preprocess_replicas,
+            "max_replicas": cfg.max_preprocess_replicas,
+            # One clip in work per replica: more waiting than that adds a replica.
+            "target_ongoing_requests": 1,
+            "upscale_delay_s": 2.0,
+            "downscale_delay_s": 120.0,
+        },
+        ray_actor_options={"num_cpus": cfg.preprocess_cpus, **worker_env()},
+    ).bind(cfg)
+    synthesizer = Synthesizer.options(
+        num_replicas=cfg.model_replicas,
+        # Room for several full batches in flight, so that batches can form at all.
+        max_ongoing_requests=max(64, 4 * cfg.max_batch_size),
+        ray_actor_options={
+            "num_cpus": cfg.model_cpus,
+            "num_gpus": model_gpus(cfg),
+            **worker_env(),
+        },
+    ).bind(cfg)
+    return Api.bind(preprocess, synthesizer, cfg)
+
+
+def build_app(args: dict[str, Any]) -> serve.Application:
+    """The builder `serve run` and Serve config files (`import_path` + `args`) call with their
+    `key=value` arguments: the fields of `ServeConfig`; `checkpoint` is required."""
+    return app_for(ServeConfig.from_args(args))
+
+
+def __getattr__(name: str) -> serve.Application:
+    """`l2s.serve.app:app`, for `serve build` and configs without `args` (they take an app, not a
+    builder): the app for the checkpoint in $L2S_CHECKPOINT. Built only when asked for, so that
+    replicas importing this module build nothing."""
+    if name != "app":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    checkpoint = os.environ.get("L2S_CHECKPOINT")
+    if not checkpoint:
+        raise ValueError("l2s.serve.app:app serves the checkpoint in $L2S_CHECKPOINT; set it")
+    return build_app({"checkpoint": checkpoint})
+
+
+def start(cfg: ServeConfig, host: str = "127.0.0.1", port: int = 8000) -> str:
+    """Run the app on the connected Ray (a local one is started if none is) and return its URL."""
+    from l2s.pipeline.runtime import connect
+
+    connect()
+    serve.start(http_options={"host": host, "port": port})
+    serve.run(app_for(cfg), name="l2s", route_prefix="/")
+    return f"http://{host}:{port}"

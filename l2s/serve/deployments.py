@@ -1,0 +1,106 @@
+"""The two working deployments behind the HTTP ingress: thin Ray Serve wrappers around the same
+per-clip functions `l2s speak` runs (l2s/speak.py), so the endpoint and the CLI speak alike.
+
+    Preprocess   CPU. Upload bytes → checked against the limits → 96×96 mouth ROIs
+                 (decode at 25 fps, dlib face tracking, mouth crop). One clip at a time per
+                 replica; replicas autoscale on the requests waiting.
+    Synthesizer  The model (on a GPU when one is given). Mouth ROIs → 10-s model windows, batched
+                 across requests with `@serve.batch` (padded to the longest, one forward pass),
+                 cross-faded back into one mel per clip → Griffin-Lim, batched the same way.
+
+Letters in shape names: T video frames, H×W pixels, M mel bands, F mel frames, S samples,
+D speaker-embedding size.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+
+import numpy as np
+from ray import serve
+
+from l2s.audio import griffin_lim_batch
+from l2s.face import load_detector
+from l2s.features import FeatureConfig, named_bytes
+from l2s.serve.config import Rejected, ServeConfig
+from l2s.speak import WINDOW, SpeakError, blend_windows, mouth_rois, voice, window_starts
+from l2s.video import VideoError, probe
+
+
+@serve.deployment(max_ongoing_requests=1)
+class Preprocess:
+    """Video bytes → (mouth ROIs roi_THW, fraction of frames with a face)."""
+
+    def __init__(self, cfg: ServeConfig) -> None:
+        self.cfg = cfg
+        self.features = FeatureConfig()
+        load_detector(self.features.face)  # once per replica, not on the first request
+
+    def rois(self, data: bytes, filename: str) -> tuple[np.ndarray, float]:
+        cfg = self.cfg
+        try:
+            info = probe(named_bytes(data, filename))
+        except VideoError as e:
+            raise Rejected(415, str(e)) from e
+        if info.duration > cfg.max_seconds:
+            raise Rejected(
+                422,
+                f"{filename}: video is {info.duration:.1f} s long; the limit is "
+                f"{cfg.max_seconds:g} s",
+            )
+        if max(info.width, info.height) > cfg.max_side:
+            raise Rejected(
+                422,
+                f"{filename}: resolution {info.width}×{info.height} is over the limit of "
+                f"{cfg.max_side} px on the long side",
+            )
+        try:
+            return mouth_rois(named_bytes(data, filename), self.features, cfg.max_seconds)
+        except (SpeakError, VideoError) as e:
+            raise Rejected(422, str(e)) from e
+
+
+@serve.deployment(max_ongoing_requests=64)
+class Synthesizer:
+    """Mouth ROIs (+ an optional training speaker's name) → 16 kHz waveform wav_S."""
+
+    def __init__(self, cfg: ServeConfig) -> None:
+        import torch
+
+        from l2s.generate import Generator
+
+        self.gen = Generator.load(cfg.checkpoint, "cuda" if torch.cuda.is_available() else "cpu")
+        for batched in (self.mels, self.vocode):
+            batched.set_max_batch_size(cfg.max_batch_size)
+            batched.set_batch_wait_timeout_s(cfg.batch_wait_s)
+        # How many batches of each size ran: what the benchmark and tests read to see batching.
+        self.batches: dict[str, Counter[int]] = {"model": Counter(), "vocoder": Counter()}
+
+    def batch_sizes(self) -> dict[str, dict[int, int]]:
+        return {stage: dict(counts) for stage, counts in self.batches.items()}
+
+    async def speak(self, roi_THW: np.ndarray, speaker: str | None = None) -> np.ndarray:
+        try:
+            speaker_D, _ = voice(self.gen, None, speaker)
+        except SpeakError as e:
+            raise Rejected(422, str(e)) from e
+        starts = window_starts(len(roi_THW))
+        mels = await asyncio.gather(
+            *(self.mels(roi_THW[start : start + WINDOW], speaker_D) for start in starts)
+        )
+        return await self.vocode(blend_windows(list(mels), starts, len(roi_THW)))
+
+    # The batched calls run in a thread: torch and Griffin-Lim release the GIL, and the
+    # replica's event loop stays free to gather the next batch while this one computes.
+    @serve.batch
+    async def mels(
+        self, rois: list[np.ndarray], speakers: list[np.ndarray | None]
+    ) -> list[np.ndarray]:
+        self.batches["model"][len(rois)] += 1
+        return await asyncio.to_thread(self.gen.mels, rois, speakers)
+
+    @serve.batch
+    async def vocode(self, mels: list[np.ndarray]) -> list[np.ndarray]:
+        self.batches["vocoder"][len(mels)] += 1
+        return await asyncio.to_thread(griffin_lim_batch, mels)

@@ -1,0 +1,406 @@
+"""The HTTP endpoint (issue 6): the real Ray Serve app on 127.0.0.1, the untrained tiny checkpoint,
+real fixture clips and synthetic-corpus clips, posted over real HTTP.
+
+One server for the module, with small limits (8 s, 1.5 MiB, 1000 px) so that every refusal can
+be provoked with small files. Checked: WAV length to the sample, a dubbed mp4 whose video stream
+is the input's packet for packet and whose audio ends with it, concurrent requests through the
+dynamic batches, a 4xx with its reason for every kind of bad upload, and the web page driven in
+Debian's Chromium.
+
+Letters in shape names: T frames, H×W pixels, C colour channels (RGB), S audio samples.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import re
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import requests
+import soundfile as sf
+import yaml
+
+from l2s.audio import load_audio
+from l2s.config import AUDIO, VIDEO
+from l2s.serve import ServeConfig
+from l2s.video import iter_frames, write_video
+
+SAMPLES_PER_FRAME = AUDIO.sample_rate // VIDEO.fps
+CHROMIUM = "/usr/bin/chromium"
+# Small limits, so that small files can cross them; two half-CPU face-tracking replicas, so
+# that the module's Serve app fits the session's 2-CPU Ray beside the model and the ingress.
+CFG = dict(
+    max_upload_mb=1.5,
+    max_seconds=8.0,
+    max_side=1000,
+    max_batch_size=8,
+    min_preprocess_replicas=2,
+    max_preprocess_replicas=2,
+    preprocess_cpus=0.5,
+)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(checkpoint: str, ray_local) -> Iterator[str]:
+    """The app on a free port of 127.0.0.1, shut down after the module (it holds Ray CPUs)."""
+    from ray import serve
+
+    from l2s.serve.app import app_for
+
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    serve.run(app_for(ServeConfig(checkpoint=checkpoint, **CFG)), name="l2s", route_prefix="/")
+    yield f"http://127.0.0.1:{port}"
+    serve.shutdown()
+
+
+def post(url: str, path: Path, route: str = "speech", **fields: str) -> requests.Response:
+    with open(path, "rb") as f:
+        return requests.post(
+            f"{url}/v1/{route}", files={"video": (path.name, f)}, data=fields, timeout=120
+        )
+
+
+def frames_at_25(path: Path) -> int:
+    return sum(1 for _ in iter_frames(path, fps=VIDEO.fps))
+
+
+def wav_of(response: requests.Response) -> tuple[np.ndarray, int]:
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "audio/wav"
+    wav_S, rate = sf.read(io.BytesIO(response.content), dtype="float32")
+    return wav_S, rate
+
+
+def test_health_docs_and_page(server: str) -> None:
+    health = requests.get(f"{server}/healthz", timeout=10).json()
+    assert health["status"] == "ok" and health["checkpoint"]
+    spec = requests.get(f"{server}/openapi.json", timeout=10).json()
+    assert {"/v1/speech", "/v1/dub", "/healthz"} <= set(spec["paths"])
+    speech_spec = spec["paths"]["/v1/speech"]["post"]
+    assert "audio/wav" in speech_spec["responses"]["200"]["content"]
+    assert {"413", "415", "422"} <= set(speech_spec["responses"])
+    assert "swagger" in requests.get(f"{server}/docs", timeout=10).text.lower()
+    page = requests.get(f"{server}/", timeout=10)
+    assert page.headers["content-type"].startswith("text/html")
+    assert 'id="video"' in page.text and "v1/${mode}" in page.text
+
+
+def test_speech_of_real_clips_is_as_long_as_the_video(server: str, real_clips: list[Path]) -> None:
+    """Face 1 is variable frame rate (22 fps average), face 4 is 30 fps: both resampled to 25 fps
+    by timestamp, and the WAV has exactly 640 samples per 25 fps frame."""
+    for clip in (real_clips[0], real_clips[3]):
+        response = post(server, clip)
+        wav_S, rate = wav_of(response)
+        assert rate == AUDIO.sample_rate and wav_S.ndim == 1
+        assert len(wav_S) == frames_at_25(clip) * SAMPLES_PER_FRAME
+        assert float(response.headers["x-face-ratio"]) > 0.9
+        assert np.isfinite(wav_S).all() and np.abs(wav_S).max() > 0
+
+
+def test_concurrent_requests_each_get_their_own_length(server: str, synth_corpus: Path) -> None:
+    clips = sorted(synth_corpus.glob("*/*/*.mp4"))[:4]
+    assert len({frames_at_25(c) for c in clips}) > 1, "clips of different lengths are needed"
+    with ThreadPoolExecutor(len(clips)) as pool:
+        responses = list(pool.map(lambda c: post(server, c), clips))
+    for clip, response in zip(clips, responses, strict=True):
+        assert len(wav_of(response)[0]) == frames_at_25(clip) * SAMPLES_PER_FRAME
+
+
+def test_the_model_batches_clips_that_arrive_together(server: str, synth_corpus: Path) -> None:
+    """Six clips of 30 to 300 frames (the longest is two model windows) sent to the model
+    deployment at once: they share padded batches, and each waveform is cut back to its clip."""
+    from ray import serve
+
+    from l2s.speak import WINDOW
+
+    preprocess = serve.get_deployment_handle("Preprocess", app_name="l2s")
+    synthesizer = serve.get_deployment_handle("Synthesizer", app_name="l2s")
+    a, b = (
+        preprocess.rois.remote(path.read_bytes(), path.name).result()[0]
+        for path in sorted(synth_corpus.glob("train/*/*.mp4"))[:2]
+    )
+    long_THW = np.resize(np.concatenate([a, b]), (WINDOW + 50, *a.shape[1:]))
+    rois = [a, b, a[:30], b[:45], np.concatenate([a, b]), long_THW]
+    before = synthesizer.batch_sizes.remote().result()
+    responses = [synthesizer.speak.remote(roi_THW) for roi_THW in rois]
+    for roi_THW, response in zip(rois, responses, strict=True):
+        wav_S = response.result()
+        assert len(wav_S) == len(roi_THW) * SAMPLES_PER_FRAME and np.isfinite(wav_S).all()
+    after = synthesizer.batch_sizes.remote().result()
+    for stage, items in (("model", len(rois) + 1), ("vocoder", len(rois))):
+        new = {size: n - before[stage].get(size, 0) for size, n in after[stage].items()}
+        assert sum(size * n for size, n in new.items()) == items
+        assert max(size for size, n in new.items() if n) > 1, f"{stage}: no shared batch {new}"
+
+
+def test_unknown_speaker_is_refused_and_a_known_one_speaks(
+    server: str, synth_corpus: Path, checkpoint: str
+) -> None:
+    from l2s.generate import Generator
+
+    clip = sorted(synth_corpus.glob("test/*/*.mp4"))[0]
+    refused = post(server, clip, speaker="nobody")
+    assert refused.status_code == 422
+    assert "speaker 'nobody' is not one the model was trained on" in refused.json()["detail"]
+    known = Generator.load(checkpoint).speakers.speakers[0]
+    assert len(wav_of(post(server, clip, speaker=known))[0]) == frames_at_25(clip) * 640
+
+
+def video_packets_digest(container: av.container.InputContainer) -> tuple[int, str]:
+    digest = hashlib.sha256()
+    count = 0
+    for packet in container.demux(container.streams.video[0]):
+        if packet.size:
+            digest.update(bytes(packet))
+            count += 1
+    return count, digest.hexdigest()
+
+
+def test_dub_copies_the_video_and_adds_speech_of_its_length(
+    server: str, real_clips: list[Path], tmp_path: Path
+) -> None:
+    clip = real_clips[1]
+    response = post(server, clip, route="dub")
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "video/mp4"
+    dubbed = tmp_path / "dubbed.mp4"
+    dubbed.write_bytes(response.content)
+    with av.open(str(dubbed)) as out, av.open(str(clip)) as source:
+        assert sorted(s.type for s in out.streams) == ["audio", "video"]
+        video, audio = out.streams.video[0], out.streams.audio[0]
+        assert video.codec_context.name == source.streams.video[0].codec_context.name
+        assert audio.codec_context.name == "aac" and audio.rate == AUDIO.sample_rate
+        video_s = float(video.duration * video.time_base)
+        audio_s = float(audio.duration * audio.time_base)
+        frame_s = 1 / float(video.average_rate)
+        assert abs(video_s - audio_s) <= max(frame_s, 1024 / AUDIO.sample_rate)
+        assert video_s == pytest.approx(
+            float(source.streams.video[0].duration * source.streams.video[0].time_base)
+        )
+        # Not re-encoded: the same compressed packets, byte for byte.
+        assert video_packets_digest(out) == video_packets_digest(source)
+    # The audio track is the generated speech, not the clip's own (which is 44.1 kHz stereo).
+    speech_S = load_audio(dubbed)
+    assert abs(len(speech_S) - round(video_s * AUDIO.sample_rate)) <= 1024
+
+
+# --- bad input -----------------------------------------------------------------------------
+
+
+def write_live_mkv(path: Path, frames_THWC: np.ndarray) -> None:
+    """Matroska as a live recorder writes it (browsers' MediaRecorder): no duration stated."""
+    with av.open(str(path), "w", format="matroska", options={"live": "1"}) as out:
+        stream = out.add_stream("libx264", rate=Fraction(VIDEO.fps))
+        stream.width, stream.height, stream.pix_fmt = (
+            frames_THWC.shape[2],
+            frames_THWC.shape[1],
+            "yuv420p",
+        )
+        for image_HWC in frames_THWC:
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(image_HWC, format="rgb24")))
+        out.mux(stream.encode(None))
+
+
+def remux_faststart(source: Path, path: Path) -> None:
+    """The same packets with the index (moov) at the front: a copy cut in half still opens."""
+    with (
+        av.open(str(source)) as inp,
+        av.open(str(path), "w", options={"movflags": "+faststart"}) as out,
+    ):
+        streams = {s.index: out.add_stream_from_template(s) for s in inp.streams}
+        for packet in inp.demux():
+            if packet.size:
+                packet.stream = streams[packet.stream.index]
+                out.mux(packet)
+
+
+def unknown_codec_mkv(path: Path) -> None:
+    """A Matroska file whose video codec id FFmpeg does not know (FFV1's id renamed in place)."""
+    ffv1 = path.with_suffix(".ffv1.mkv")
+    with av.open(str(ffv1), "w", format="matroska") as out:
+        stream = out.add_stream("ffv1", rate=VIDEO.fps)
+        stream.width, stream.height, stream.pix_fmt = 64, 64, "yuv420p"
+        for t in range(10):
+            image_HWC = np.full((64, 64, 3), 20 * t, np.uint8)
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(image_HWC, format="rgb24")))
+        out.mux(stream.encode(None))
+    data = ffv1.read_bytes()
+    assert data.count(b"V_FFV1") == 1
+    path.write_bytes(data.replace(b"V_FFV1", b"V_XYZ1"))
+
+
+@pytest.fixture(scope="module")
+def bad_uploads(tmp_path_factory: pytest.TempPathFactory, real_clips: list[Path]) -> dict:
+    """name → (file, expected status, regular expression the reason must match)."""
+    root = tmp_path_factory.mktemp("bad_uploads")
+    rng = np.random.default_rng(0)
+    fixture = real_clips[4]
+    paths = {
+        name: root / f"{name}.mp4"
+        for name in ("random_bytes", "truncated", "no_face", "too_long", "too_large_frame")
+    }
+    paths["random_bytes"].write_bytes(rng.bytes(100_000))
+    data = fixture.read_bytes()
+    paths["truncated"].write_bytes(data[: len(data) // 2])
+    faststart = root / "faststart.mp4"
+    remux_faststart(fixture, faststart)
+    paths["truncated_faststart"] = root / "truncated_faststart.mp4"
+    paths["truncated_faststart"].write_bytes(
+        faststart.read_bytes()[: faststart.stat().st_size // 2]
+    )
+    paths["audio_only"] = root / "audio_only.m4a"
+    with av.open(str(paths["audio_only"]), "w", format="mp4") as out:
+        stream = out.add_stream("aac", rate=AUDIO.sample_rate, layout="mono")
+        frame = av.AudioFrame.from_ndarray(
+            load_audio(fixture)[None, : 2 * AUDIO.sample_rate], format="flt", layout="mono"
+        )
+        frame.sample_rate, frame.pts = AUDIO.sample_rate, 0
+        out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+    paths["unknown_codec"] = root / "unknown_codec.mkv"
+    unknown_codec_mkv(paths["unknown_codec"])
+    # Blocky noise: no face anywhere, and it compresses to well under the upload limit.
+    noise_THWC = rng.integers(0, 256, (50, 30, 40, 3), dtype=np.uint8)
+    write_video(paths["no_face"], noise_THWC.repeat(8, axis=1).repeat(8, axis=2))
+    gray_THWC = np.full((10 * VIDEO.fps, 64, 64, 3), 128, np.uint8)
+    write_video(paths["too_long"], gray_THWC)
+    paths["too_long_no_duration"] = root / "too_long_no_duration.mkv"
+    write_live_mkv(paths["too_long_no_duration"], gray_THWC)
+    write_video(paths["too_large_frame"], np.full((5, 720, 1280, 3), 128, np.uint8))
+    paths["too_big"] = root / "too_big.mp4"
+    paths["too_big"].write_bytes(data * 5)  # 1.9 MiB of a real mp4's bytes
+    paths["empty"] = root / "empty.mp4"
+    paths["empty"].write_bytes(b"")
+    expected = {
+        "random_bytes": (415, r"random_bytes\.mp4: cannot open as a video \(.*Invalid data"),
+        "truncated": (415, r"truncated\.mp4: cannot open as a video"),
+        "truncated_faststart": (422, r"truncated_faststart\.mp4: video decode failed at \d"),
+        "audio_only": (415, r"audio_only\.m4a: no video stream"),
+        "unknown_codec": (415, r"unknown_codec\.mkv: unsupported video codec"),
+        "no_face": (422, r"no_face\.mp4: no face found in any frame"),
+        "too_long": (422, r"too_long\.mp4: video is 10\.0 s long; the limit is 8 s"),
+        "too_long_no_duration": (
+            422,
+            r"too_long_no_duration\.mkv: video runs past the limit of 8 s",
+        ),
+        "too_large_frame": (
+            422,
+            r"resolution 1280×720 is over the limit of 1000 px on the long side",
+        ),
+        "too_big": (413, r"upload is 1\.9 MiB; the limit is 1\.5 MiB"),
+        "empty": (422, r"empty\.mp4: upload is empty \(0 bytes\)"),
+    }
+    return {name: (paths[name], *expected[name]) for name in expected}
+
+
+def test_every_bad_upload_gets_its_4xx_and_reason(server: str, bad_uploads: dict) -> None:
+    failures = []
+    for name, (path, status, reason) in bad_uploads.items():
+        for route in ("speech", "dub"):
+            response = post(server, path, route)
+            detail = (
+                response.json().get("detail")
+                if response.headers.get("content-type", "").startswith("application/json")
+                else response.text
+            )
+            if response.status_code != status or not re.search(reason, str(detail)):
+                failures.append(f"{name} /v1/{route}: {response.status_code} {detail!r}")
+    assert not failures, "\n".join(failures)
+
+
+def test_a_chunked_upload_is_cut_off_at_the_limit(server: str) -> None:
+    """No Content-Length to refuse on: the body is counted as it arrives."""
+    boundary = "l2s-test-boundary"
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="video"; filename="big.mp4"\r\n'
+        "Content-Type: video/mp4\r\n\r\n"
+    ).encode()
+
+    def body() -> Iterator[bytes]:
+        yield head
+        for _ in range(40):  # 2.5 MiB in 64 KiB chunks
+            yield bytes(64 * 1024)
+        yield f"\r\n--{boundary}--\r\n".encode()
+
+    response = requests.post(
+        f"{server}/v1/speech",
+        data=body(),
+        headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+        timeout=60,
+    )
+    assert response.status_code == 413
+    assert "upload runs past the limit; the limit is 1.5 MiB" in response.json()["detail"]
+
+
+def test_serve_build_writes_a_config_of_the_app(checkpoint: str, tmp_path: Path) -> None:
+    """`serve build` (what a RayService config is made from) takes `l2s.serve.app:app`."""
+    out = tmp_path / "serve.yaml"
+    subprocess.run(
+        [sys.executable, "-m", "ray.serve.scripts", "build", "l2s.serve.app:app", "-o", str(out)],
+        check=True, capture_output=True, timeout=120, env={**os.environ, "L2S_CHECKPOINT": checkpoint},
+    )  # fmt: skip
+    config = yaml.safe_load(out.read_text())
+    (application,) = config["applications"]
+    assert application["import_path"] == "l2s.serve.app:app"
+    deployments = {d["name"]: d for d in application["deployments"]}
+    assert set(deployments) == {"Api", "Preprocess", "Synthesizer"}
+    assert deployments["Preprocess"]["autoscaling_config"]["max_replicas"] == 2
+
+
+def test_serve_run_arguments_reach_the_builder(checkpoint: str) -> None:
+    """`serve run l2s.serve.app:build_app key=value ...` hands the builder strings; Ray's own
+    builder call converts nothing, so `ServeConfig.from_args` must, and must name bad keys."""
+    from ray.serve import Application
+    from ray.serve._private.api import call_user_app_builder_with_args_if_necessary
+
+    from l2s.serve.app import build_app
+
+    args = {"checkpoint": checkpoint, "max_batch_size": "4", "model_gpus": "none"}
+    assert isinstance(call_user_app_builder_with_args_if_necessary(build_app, args), Application)
+    with pytest.raises(ValueError, match=r"unknown argument\(s\) \['max_batch'\]"):
+        call_user_app_builder_with_args_if_necessary(
+            build_app, {"checkpoint": "x", "max_batch": "4"}
+        )
+
+
+# --- the web page in a real browser ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["speech", "dub"])
+def test_page_speaks_an_uploaded_video_in_chromium(
+    server: str, synth_corpus: Path, mode: str
+) -> None:
+    """Choose a file, press the button, wait: the result element plays what the server sent."""
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"Debian's chromium is not installed at {CHROMIUM} (apt-get install chromium)")
+    from l2s.serve.browser import speak_in_page
+
+    clip = sorted(synth_corpus.glob("test/*/*.mp4"))[0]
+    result = speak_in_page(server, clip, mode, CHROMIUM)
+    assert result.error is None, result.error
+    if mode == "speech":
+        assert result.head[:4] == b"RIFF"
+        assert result.duration == pytest.approx(frames_at_25(clip) / VIDEO.fps, abs=0.01)
+    else:
+        assert result.head[4:8] == b"ftyp"
+        assert result.duration == pytest.approx(frames_at_25(clip) / VIDEO.fps, abs=0.05)
+    assert result.played, f"the {mode} result did not play"
+    assert re.search(r"s of speech in [\d.]+ s; face on \d+ % of frames", result.status)
