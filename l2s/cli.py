@@ -156,7 +156,7 @@ def train(
     workers: Annotated[int, typer.Option(help="CPU training workers (no GPUs).")] = 2,
     strategy: Annotated[
         str | None,
-        typer.Option(help="ddp or deepspeed [default: deepspeed for base/large on GPUs, else ddp]"),
+        typer.Option(help="ddp or deepspeed (default: deepspeed for base/large on GPUs, else ddp)"),
     ] = None,
     zero_stage: Annotated[int, typer.Option(help="DeepSpeed ZeRO stage.")] = 2,
     steps: Annotated[int, typer.Option(help="Optimizer steps in all.")] = 2000,
@@ -225,14 +225,30 @@ def train(
 def generate(
     dataset: Annotated[str, typer.Argument(help="Feature dataset directory.")],
     checkpoint: Annotated[str, typer.Option(help="A checkpoint or a run directory (its latest).")],
-    out: Annotated[str, typer.Option(help="Results folder: wavs/ and generated.parquet.")],
+    out: Annotated[str, typer.Option(help="Results folder: wavs/ and generated/ records.")],
     split: Annotated[str, typer.Option(help="Split to generate.")] = "test",
+    batch_size: Annotated[int, typer.Option(help="Clips per model call.")] = 8,
+    workers: Annotated[
+        int | None, typer.Option(help="Model actors (default: one per GPU, else per CPU).")
+    ] = None,
+    vocoder: Annotated[
+        str | None, typer.Option(help="griffin-lim or a HiFi-GAN run (default: griffin-lim).")
+    ] = None,
 ) -> None:
-    """Generate speech (Griffin-Lim) for every clip of a split; the voice never from the clip itself."""
-    from l2s.generate import generate_split
+    """Generate speech for every clip of a split on Ray Data model actors; the voice
+    never comes from the clip itself. Rerun to finish an interrupted run."""
+    from l2s.pipeline.generate import generate_split
+    from l2s.pipeline.runtime import connect
 
-    path = generate_split(dataset, split, checkpoint, out)
-    console.print(f"wrote {path}")
+    connect()
+    summary = generate_split(
+        dataset, split, checkpoint, out, batch_size=batch_size, workers=workers
+    )
+    console.print(
+        f"{split}: {summary.clips} clips generated ({summary.skipped} already done), "
+        f"{summary.speech_seconds:.0f} s of speech in {summary.seconds:.1f} s: real-time factor "
+        f"{summary.real_time_factor:.3f}; results in {out}"
+    )
 
 
 @app.command()
@@ -242,14 +258,16 @@ def score(
         str | None, typer.Option(help="WER/CER with pocketsphinx: grid, open (or none).")
     ] = None,
     report: Annotated[
-        Path | None, typer.Option(help="HTML report [default: beside the first results folder]")
+        Path | None, typer.Option(help="HTML report (default: beside the first results folder)")
     ] = None,
 ) -> None:
     """Score generated speech against the recordings, with ground-truth-mel and mean-mel baselines;
     print the summary and write an HTML report."""
     from l2s.evaluate.report import write_report
     from l2s.evaluate.split import print_summary, score_results
+    from l2s.pipeline.runtime import connect
 
+    connect()
     rows = [row for folder in results for row in score_results(folder, asr)]
     print_summary(rows, console)
     path = write_report(results, rows, report or Path(results[0]).parent / "report.html")
@@ -278,13 +296,16 @@ def speak(
         str | None, typer.Option(help="A recording of the voice to speak in.")
     ] = None,
     speaker: Annotated[str | None, typer.Option(help="A speaker the model was trained on.")] = None,
+    vocoder: Annotated[
+        str | None, typer.Option(help="griffin-lim or a HiFi-GAN run (default: griffin-lim).")
+    ] = None,
 ) -> None:
-    """Speak for one video: mouth ROIs → mel → waveform (Griffin-Lim), any frame rate or length."""
+    """Speak for one video: mouth ROIs → mel → waveform, any frame rate or length."""
     from l2s.speak import SpeakError
     from l2s.speak import speak as run_speak
 
     try:
-        spoken = run_speak(video, checkpoint, out, reference_audio, speaker)
+        spoken = run_speak(video, checkpoint, out, reference_audio, speaker, vocoder=vocoder)
     except SpeakError as e:
         console.print(f"[red]error:[/] {e}")
         raise typer.Exit(1) from e
@@ -292,6 +313,41 @@ def speak(
         f"wrote {spoken.wav}: {spoken.seconds:.2f} s of speech; face on {spoken.face_ratio:.0%} of "
         f"frames; voice: {spoken.voice}; real-time factor {spoken.real_time_factor:.2f}"
     )
+
+
+@app.command()
+def dub(
+    src: Annotated[str, typer.Argument(help="Folder or prefix of videos (local or s3://).")],
+    dst: Annotated[
+        str, typer.Argument(help="Where DST/<relative path>.mp4 + .json and the ledger go.")
+    ],
+    checkpoint: Annotated[str, typer.Option(help="A checkpoint or a run directory (its latest).")],
+    speaker: Annotated[str | None, typer.Option(help="A speaker the model was trained on.")] = None,
+    reference_audio: Annotated[
+        str | None, typer.Option(help="A recording of the voice to speak in (local or s3://).")
+    ] = None,
+    workers: Annotated[int, typer.Option(help="Model workers (0: one per GPU, else per CPU).")] = 0,
+    retry_failed: Annotated[
+        bool, typer.Option(help="Also redo videos that failed for good in earlier runs.")
+    ] = False,
+) -> None:
+    """Give speech to every video under SRC not yet dubbed into DST, on Ray (rerun to resume):
+    the video stream copied, the speech as its audio track, a JSON sidecar beside each."""
+    from l2s.dub import DubConfig, run_dub
+    from l2s.speak import SpeakError
+
+    try:
+        cfg = DubConfig(
+            checkpoint=checkpoint,
+            speaker=speaker,
+            reference_audio=reference_audio,
+            workers=workers or None,
+            retry_failed=retry_failed,
+        )
+        run_dub(src, dst, cfg)
+    except (SpeakError, ValueError, FileNotFoundError) as e:
+        console.print(f"[red]error:[/] {e}")
+        raise typer.Exit(1) from e
 
 
 @app.command()

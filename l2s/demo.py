@@ -27,7 +27,7 @@ def run_demo(
     from l2s.corpora import scan, write_manifest
     from l2s.evaluate.report import write_report
     from l2s.evaluate.split import print_summary, score_results
-    from l2s.generate import generate_split
+    from l2s.pipeline.generate import generate_split
     from l2s.pipeline.preprocess import run_preprocess
     from l2s.pipeline.runtime import connect
     from l2s.synth.corpus import SynthConfig, generate

@@ -2,7 +2,10 @@
 
     gen = Generator.load("out/runs/tiny")            # a run directory or one checkpoint
     mel_MF = gen.mel(roi_THW, gen.speaker("s01"))    # a named training speaker's voice
-    generate_split("out/features", "test", "out/runs/tiny", "out/results/test")
+    mels = gen.mels([roi_a, roi_b], [voice_a, None])  # a padded batch in one forward pass
+
+Whole splits run on Ray Data with model actors (`l2s.pipeline.generate.generate_split`); each actor
+calls `generate_clips` on its batches.
 
 The voice never comes from the target utterance's own audio (the mistake of Kim et al.'s test-time
 embedding): a speaker seen in training takes its train-split mean embedding from the checkpoint;
@@ -15,28 +18,25 @@ Letters in shape names: T video frames, H×W pixels, M mel bands, F mel frames, 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 import torch
-from tqdm import tqdm
 
 from l2s import storage
-from l2s.audio import griffin_lim, write_wav
+from l2s.audio import write_wav
 from l2s.config import AUDIO, MELS_PER_FRAME, VIDEO
 from l2s.corpora import read_manifest
 from l2s.models.frontend import normalize_video
 from l2s.models.lip2speech import Lip2Speech
 from l2s.pipeline import shards
-from l2s.schema import FeatureRow
 from l2s.train.checkpoint import load_checkpoint, resolve
 from l2s.train.data import crop
 from l2s.train.speakers import SpeakerTable
+from l2s.vocoder import load_vocoder
 
-GENERATED_FILE = "generated.parquet"
+GENERATED = "generated"  # folder of output-record shards in a results folder
 WAV_DIR = "wavs"
 
 
@@ -56,35 +56,50 @@ class Generator:
         """The train-split mean embedding of a speaker the model was trained on (None otherwise)."""
         return self.speakers.embedding(name)
 
+    @torch.inference_mode()
     def mel(self, roi_THW: np.ndarray, speaker_D: np.ndarray | None) -> np.ndarray:
         """96×96 uint8 mouth ROIs at 25 fps → log-mel M×(4·T) (centre 88×88 crop, as in validation)."""
-        return self.mels([roi_THW], [speaker_D])[0]
+        device = self.model.mel_mean_M.device
+        video_BTHW = normalize_video(
+            torch.from_numpy(np.ascontiguousarray(crop(roi_THW, None)))[None]
+        )
+        speaker_BD = (
+            None if speaker_D is None else torch.as_tensor(speaker_D, dtype=torch.float32)[None]
+        )
+        output = self.model(
+            video_BTHW.to(device), None, None if speaker_BD is None else speaker_BD.to(device)
+        )
+        return output.mel_post_BMF[0].float().cpu().numpy()
 
     @torch.inference_mode()
     def mels(
         self, rois: Sequence[np.ndarray], speakers: Sequence[np.ndarray | None]
     ) -> list[np.ndarray]:
-        """Several clips in one forward pass (the server's dynamic batches): the ROIs are padded
-        to the longest clip, the model masks the padding, and each mel is cut back to 4·T.
-        A missing speaker is the zero vector, the model's "no speaker" input."""
+        """A batch of clips in one padded forward pass; each mel cut to its clip's 4·T frames.
+
+        A clip without a voice gets zeros, which the model reads as "no speaker" like None.
+        """
+        if len(rois) != len(speakers):
+            raise ValueError(f"{len(rois)} clips but {len(speakers)} speaker embeddings")
         device = self.model.mel_mean_M.device
-        lengths = [len(roi_THW) for roi_THW in rois]
+        lengths = [len(r) for r in rois]
         size = VIDEO.crop_size
         video_BTHW = torch.zeros(len(rois), max(lengths), size, size, dtype=torch.uint8)
-        for b, roi_THW in enumerate(rois):
-            video_BTHW[b, : lengths[b]] = torch.from_numpy(
+        for i, roi_THW in enumerate(rois):
+            video_BTHW[i, : lengths[i]] = torch.from_numpy(
                 np.ascontiguousarray(crop(roi_THW, None))
             )
-        lengths_B = None if len(set(lengths)) == 1 else torch.tensor(lengths, device=device)
-        speaker_BD = None
-        if any(s is not None for s in speakers):
-            zeros_D = np.zeros(self.model.cfg.speaker_dim, np.float32)
-            speaker_BD = torch.from_numpy(
-                np.stack([zeros_D if s is None else np.asarray(s, np.float32) for s in speakers])
-            ).to(device)
-        output = self.model(normalize_video(video_BTHW).to(device), lengths_B, speaker_BD)
+        dim = self.model.cfg.speaker_dim
+        speaker_BD = torch.from_numpy(
+            np.stack([np.zeros(dim, np.float32) if s is None else s for s in speakers])
+        ).float()
+        output = self.model(
+            normalize_video(video_BTHW).to(device),
+            torch.tensor(lengths, device=device),
+            speaker_BD.to(device),
+        )
         mel_BMF = output.mel_post_BMF.float().cpu().numpy()
-        return [mel_BMF[b, :, : n * MELS_PER_FRAME] for b, n in enumerate(lengths)]
+        return [mel_BMF[i, :, : MELS_PER_FRAME * n] for i, n in enumerate(lengths)]
 
     def mean_mel(self, n_frames: int) -> np.ndarray:
         """The constant mean-mel predictor (a baseline): the training mel mean at every frame."""
@@ -93,26 +108,31 @@ class Generator:
 
 
 def split_speakers(
-    rows: Sequence[FeatureRow], table: SpeakerTable
+    clips: Sequence[dict], table: SpeakerTable
 ) -> dict[str, tuple[np.ndarray | None, str]]:
-    """Per clip id: the embedding to condition on and where it came from ("train mean",
-    "other utterances (k)" or "none"); never the clip's own embedding."""
-    by_speaker: dict[str, list[FeatureRow]] = defaultdict(list)
-    for row in rows:
-        by_speaker[row.speaker].append(row)
+    """Per clip id (clips: dicts with id, speaker, speaker_embedding): the embedding to condition
+    on and where it came from ("train mean", "other utterances (k)" or "none"); never the clip's
+    own embedding."""
+    by_speaker: dict[str, list[dict]] = defaultdict(list)
+    for clip in clips:
+        by_speaker[clip["speaker"]].append(clip)
     chosen: dict[str, tuple[np.ndarray | None, str]] = {}
     for speaker, group in by_speaker.items():
         mean_D = table.embedding(speaker)
-        for row in group:
+        for clip in group:
             if mean_D is not None:
-                chosen[row.id] = (mean_D, "train mean")
+                chosen[clip["id"]] = (mean_D, "train mean")
                 continue
-            others = [np.asarray(r.speaker_embedding, np.float32) for r in group if r.id != row.id]
+            others = [
+                np.asarray(c["speaker_embedding"], np.float32)
+                for c in group
+                if c["id"] != clip["id"]
+            ]
             others = [e for e in others if e.size]
             if others:
-                chosen[row.id] = (np.mean(others, axis=0), f"other utterances ({len(others)})")
+                chosen[clip["id"]] = (np.mean(others, axis=0), f"other utterances ({len(others)})")
             else:
-                chosen[row.id] = (None, "none")
+                chosen[clip["id"]] = (None, "none")
     return chosen
 
 
@@ -124,44 +144,58 @@ def source_videos(dataset: str) -> dict[str, str]:
     return {row.id: row.video for row in read_manifest(manifest)}
 
 
-def generate_split(dataset: str, split: str, checkpoint: str, out: str) -> Path:
-    """Generate every clip of one split: `out/wavs/<id>.wav` (Griffin-Lim) and `out/generated.parquet`
-    (predicted and ground-truth mels, the mean-mel baseline's level, the speaker source, the video).
+def generate_clips(
+    gen: Generator,
+    clips: Sequence[dict],
+    voices: dict[str, tuple[np.ndarray | None, str]],
+    videos: dict[str, str],
+    out: str,
+    vocode: Callable[[np.ndarray], np.ndarray] | None = None,
+) -> list[dict]:
+    """One batch of feature rows (dicts with id, speaker, split, transcript, n_frames, roi, mel)
+    → wavs in `out/wavs/` (written atomically) and one output record per clip.
 
-    Resumable: clips whose wav exists are not generated again (wavs are written atomically).
-    """
-    rows = sorted(shards.read_features(dataset, split=split), key=lambda r: r.id)
-    if not rows:
-        raise ValueError(f"{dataset}: no clips in split {split!r}")
-    gen = Generator.load(checkpoint)
-    speakers = split_speakers(rows, gen.speakers)
-    videos = source_videos(dataset)
-    out_dir = Path(out)
+    `vocode`: a `l2s.vocoder` vocoder (default Griffin-Lim); its name is kept in each record so
+    that scoring sends the ground-truth mel through the same one."""
+    vocode = vocode or load_vocoder(None)
+    rois = [
+        np.frombuffer(c["roi"], np.uint8).reshape(c["n_frames"], VIDEO.roi_size, VIDEO.roi_size)
+        for c in clips
+    ]
+    mels = gen.mels(rois, [voices[c["id"]][0] for c in clips])
+    mean_M = gen.mean_mel(1)[:, 0].tolist()
     records = []
-    for row in tqdm(rows, desc=f"generate {split}", unit="clip"):
-        speaker_D, source = speakers[row.id]
-        mel_MF = gen.mel(row.roi_THW(), speaker_D)
-        wav_path = out_dir / WAV_DIR / f"{row.id}.wav"
-        if not wav_path.exists():
-            write_wav(wav_path, griffin_lim(mel_MF))
+    batch = getattr(vocode, "batch", None)  # a vocoder may run a whole batch at once
+    wavs = batch(mels) if batch else [vocode(m) for m in mels]
+    for clip, mel_MF, wav_S in zip(clips, mels, wavs, strict=True):
+        wav = storage.join(out, WAV_DIR, f"{clip['id']}.wav")
+        write_wav(wav, wav_S)
         records.append(
             {
-                "id": row.id,
-                "speaker": row.speaker,
-                "split": row.split,
-                "transcript": row.transcript,
-                "video": videos.get(row.id),
-                "n_frames": row.n_frames,
+                "id": clip["id"],
+                "speaker": clip["speaker"],
+                "split": clip["split"],
+                "transcript": clip["transcript"],
+                "video": videos.get(clip["id"]),
+                "n_frames": int(clip["n_frames"]),
                 "mel": mel_MF.astype(np.float32).tobytes(),
-                "target_mel": row.mel,
-                "mean_mel": gen.mean_mel(1)[:, 0].tolist(),
-                "speaker_source": source,
-                "wav": str(wav_path),
+                "target_mel": clip["mel"],
+                "mean_mel": mean_M,
+                "speaker_source": voices[clip["id"]][1],
+                "wav": wav,
                 "checkpoint": gen.checkpoint,
+                "vocoder": vocode.name,
             }
         )
-    shards.write_table(pa.Table.from_pylist(records), str(out_dir / GENERATED_FILE))
-    return out_dir / GENERATED_FILE
+    return records
+
+
+def read_generated(results: str) -> list[dict]:
+    """Every output record of a generated split (`results/generated/part-*.parquet`), by id."""
+    table = shards.read_table(results, GENERATED)
+    if table is None:
+        raise FileNotFoundError(f"{results}: nothing generated yet ({GENERATED}/ is empty)")
+    return sorted(table.to_pylist(), key=lambda r: r["id"])
 
 
 def mel_of(record: dict, column: str) -> np.ndarray:

@@ -23,12 +23,13 @@ from typing import BinaryIO
 import numpy as np
 from tqdm import tqdm
 
-from l2s.audio import griffin_lim, load_audio, write_wav
+from l2s.audio import load_audio, write_wav
 from l2s.config import AUDIO, MELS_PER_FRAME, VIDEO
 from l2s.face import FaceError, crop_mouth, detect_landmarks, load_detector
 from l2s.features import FeatureConfig, downscaled_frames
 from l2s.generate import Generator
 from l2s.video import VideoError, probe
+from l2s.vocoder import load_vocoder
 
 # Frames per face-tracking chunk, and frames each chunk shares with the previous one (so the
 # landmark smoothing has context on both sides of a boundary).
@@ -173,18 +174,35 @@ def speak(
     reference_audio: str | None = None,
     speaker: str | None = None,
     cfg: FeatureConfig | None = None,
+    vocoder: str | None = None,
 ) -> Spoken:
     start = time.perf_counter()
-    cfg = cfg or FeatureConfig()
-    try:
-        probe(video)
-    except VideoError as e:
-        raise SpeakError(str(e)) from e
+    _check_video(video)  # a bad file is refused before the model loads
     gen = Generator.load(checkpoint)
-    speaker_D, described = voice(gen, reference_audio, speaker)
+    return speak_with(
+        gen, voice(gen, reference_audio, speaker), video, out, cfg, start=start, vocoder=vocoder
+    )
+
+
+def speak_with(
+    gen: Generator,
+    chosen_voice: tuple[np.ndarray | None, str],
+    video: str,
+    out: str,
+    cfg: FeatureConfig | None = None,
+    start: float | None = None,
+    vocoder: str | None = None,
+) -> Spoken:
+    """`speak` with a loaded model and a voice chosen by `voice`: a batch (`l2s dub`) loads both
+    once and speaks for many videos. `start` is when the caller's clock for this video began;
+    `vocoder` a `l2s.vocoder` spec (loaded once per process)."""
+    start = time.perf_counter() if start is None else start
+    cfg = cfg or FeatureConfig()
+    _check_video(video)
+    speaker_D, described = chosen_voice
     roi_THW, face_ratio = mouth_rois(video, cfg)
     mel_MF = windowed_mel(gen, roi_THW, speaker_D)
-    wav_S = griffin_lim(mel_MF)
+    wav_S = load_vocoder(vocoder)(mel_MF)
     write_wav(out, wav_S)
     return Spoken(
         wav=Path(out),
@@ -193,3 +211,10 @@ def speak(
         voice=described,
         compute_seconds=time.perf_counter() - start,
     )
+
+
+def _check_video(video: str) -> None:
+    try:
+        probe(video)
+    except VideoError as e:
+        raise SpeakError(str(e)) from e

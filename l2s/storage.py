@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import posixpath
+import re
 import tempfile
 import uuid
 from collections.abc import Iterable, Iterator
@@ -172,7 +173,7 @@ def atomic_write(uri: str, mode: str = "wb") -> Iterator[IO]:
     if isinstance(fs, LocalFileSystem):
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         tmp = os.path.join(
-            os.path.dirname(path), f".{os.path.basename(path)}.{uuid.uuid4().hex}.tmp"
+            os.path.dirname(path), f".{os.path.basename(path)}.{uuid.uuid4().hex}{_TMP_SUFFIX}"
         )
         try:
             with open(tmp, mode, encoding=encoding) as f:
@@ -187,6 +188,21 @@ def atomic_write(uri: str, mode: str = "wb") -> Iterator[IO]:
         with open(tmp, mode, encoding=encoding) as f:
             yield f
         fs.put_file(tmp, path)
+
+
+_TMP_SUFFIX = ".tmp"
+_TMP_NAME = re.compile(r"^\.(?P<target>.+)\.[0-9a-f]{32}" + re.escape(_TMP_SUFFIX) + "$")
+
+
+def temporary_target(uri: str) -> str | None:
+    """The file a local temporary of `atomic_write` was to become, or None if `uri` is not one.
+
+    A killed process leaves its temporaries behind; a job that knows which files it is about to
+    write again can remove them (no other writer's files look like this).
+    """
+    folder, name = posixpath.split(uri)
+    match = _TMP_NAME.match(name)
+    return posixpath.join(folder, match["target"]) if match else None
 
 
 def write_bytes(uri: str, data: bytes) -> None:

@@ -1,5 +1,4 @@
-"""Video: probe, decode at a fixed frame rate (by timestamps), write h264 + AAC, mux new audio in
-(PyAV / FFmpeg).
+"""Video: probe, decode at a fixed frame rate (by timestamps), write h264 + AAC, mux (PyAV / FFmpeg).
 
 Frames are RGB uint8, shape frames_THWC. Decoding follows presentation timestamps, never
 "frame index ÷ nominal fps": variable-frame-rate clips (phone footage, some fixtures) stay in sync.
@@ -8,6 +7,7 @@ Frames are RGB uint8, shape frames_THWC. Decoding follows presentation timestamp
 from __future__ import annotations
 
 import os
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
@@ -18,6 +18,7 @@ import av
 import numpy as np
 
 from l2s import storage
+from l2s.audio import load_audio
 from l2s.config import AUDIO, VIDEO
 
 
@@ -62,20 +63,23 @@ def probe(source: str | Path | BinaryIO) -> VideoInfo:
     with _open(source) as container:
         stream = _video_stream(container, name)
         rate = stream.average_rate or stream.base_rate or Fraction(0)
-        if stream.duration is not None and stream.time_base is not None:
-            duration = float(stream.duration * stream.time_base)
-        elif container.duration is not None:
-            duration = container.duration / av.time_base
-        else:
-            duration = 0.0
         return VideoInfo(
             width=stream.codec_context.width,
             height=stream.codec_context.height,
             fps=float(rate),
-            duration=duration,
+            duration=_stated_seconds(container, stream),
             codec=stream.codec_context.name,
             has_audio=bool(container.streams.audio),
         )
+
+
+def _stated_seconds(container: av.container.InputContainer, stream: av.stream.Stream) -> float:
+    """The duration the file states for `stream` (else for the whole container; 0 if neither)."""
+    if stream.duration is not None and stream.time_base is not None:
+        return float(stream.duration * stream.time_base)
+    if container.duration is not None:
+        return container.duration / av.time_base
+    return 0.0
 
 
 def iter_frames(
@@ -149,88 +153,94 @@ def write_video(
         video.width, video.height, video.pix_fmt = width, height, "yuv420p"
         video.options = {"crf": str(crf), "preset": "veryfast", "threads": "1"}
         video.codec_context.flags |= av.codec.context.Flags.bitexact
-        audio = None if audio_S is None else _aac_stream(out, sample_rate)
+        audio = None
+        if audio_S is not None:
+            audio = out.add_stream("aac", rate=sample_rate, layout="mono")
+            audio.codec_context.flags |= av.codec.context.Flags.bitexact
         for image in frames_THWC:
             frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
             out.mux(video.encode(frame))
         out.mux(video.encode(None))
         if audio is not None:
-            _encode_audio(out, audio, audio_S, sample_rate)
+            samples = np.clip(np.asarray(audio_S, dtype=np.float32), -1, 1)[None, :]
+            frame = av.AudioFrame.from_ndarray(samples, format="flt", layout="mono")
+            frame.sample_rate = sample_rate
+            frame.pts = 0
+            out.mux(audio.encode(frame))
+            out.mux(audio.encode(None))
     os.replace(tmp, path)
 
 
-def _aac_stream(out: av.container.OutputContainer, sample_rate: int) -> av.audio.AudioStream:
-    audio = out.add_stream("aac", rate=sample_rate, layout="mono")
-    audio.codec_context.flags |= av.codec.context.Flags.bitexact
-    return audio
+# Dubbed tracks are AAC at 48 kHz, the rate of video production; AAC's frame of 1024 samples is
+# then 21 ms, under one video frame, so the audio never outlasts the video by a frame.
+MUX_SAMPLE_RATE = 48000
 
 
-def _encode_audio(
-    out: av.container.OutputContainer,
-    stream: av.audio.AudioStream,
-    audio_S: np.ndarray,
-    sample_rate: int,
-) -> None:
-    """Encode a whole mono signal from time 0 (PyAV cuts it into codec frames) and flush."""
-    samples = np.clip(np.asarray(audio_S, dtype=np.float32), -1, 1)[None, :]
-    frame = av.AudioFrame.from_ndarray(samples, format="flt", layout="mono")
-    frame.sample_rate = sample_rate
-    frame.pts = 0
-    out.mux(stream.encode(frame))
-    out.mux(stream.encode(None))
+def mux_audio(video: str, wav: str, out: str) -> None:
+    """`video`'s first video stream, copied packet for packet (not re-encoded), with `wav` as the
+    only audio track (AAC, mono) → an mp4 at `out` (local or s3://), written whole or not at all.
 
-
-def mux_audio(
-    video_in: str | Path,
-    audio_S: np.ndarray,
-    out: str,
-    sample_rate: int = AUDIO.sample_rate,
-) -> None:
-    """`video_in` with `audio_S` as its only audio track, as an mp4 at `out` (local or s3://).
-
-    The video stream is copied packet for packet, never re-encoded: no quality is lost and it
-    costs no decoding. The audio (AAC, mono) is cut or padded with silence to the video stream's
-    duration, so the two streams end together. Other streams of the input (its own audio,
-    subtitles) are left out. Written whole or not at all (`storage.atomic_write`).
+    The audio starts at the first video frame (speech sample 0 belongs to that frame) and is cut,
+    or padded with silence, to the duration the video stream states, so both streams end together.
     """
-    name = str(video_in)
-    seconds = _video_seconds(video_in)
-    n_samples = round(seconds * sample_rate)
-    audio_S = np.asarray(audio_S, dtype=np.float32)[:n_samples]
-    audio_S = np.pad(audio_S, (0, n_samples - len(audio_S)))
-    with _open(video_in) as source, storage.atomic_write(out) as f:
-        video_in_stream = _video_stream(source, name)
+    speech_S = load_audio(wav, MUX_SAMPLE_RATE)
+    with _open(video) as source:
+        stream_in = _video_stream(source, video)
+        start = float(stream_in.start_time * stream_in.time_base) if stream_in.start_time else 0.0
+        n_samples = round(_stated_seconds(source, stream_in) * MUX_SAMPLE_RATE)
+        if n_samples:
+            speech_S = np.pad(speech_S[:n_samples], (0, max(0, n_samples - len(speech_S))))
+        codec = stream_in.codec_context.name
+        frame_ticks = round(1 / float(stream_in.average_rate or VIDEO.fps) / stream_in.time_base)
         try:
-            with av.open(f, mode="w", format="mp4") as container:
-                video = container.add_stream_from_template(video_in_stream)
-                audio = _aac_stream(container, sample_rate)
-                # The audio goes first: the muxer holds packets back to interleave them by time,
-                # and holding the (small) audio costs far less memory than holding the video.
-                _encode_audio(container, audio, audio_S, sample_rate)
-                for packet in source.demux(video_in_stream):
-                    if packet.size == 0:  # the demuxer's empty flush packet
-                        continue
-                    packet.stream = video
-                    container.mux(packet)
-        except (av.error.FFmpegError, ValueError) as e:
-            codec = video_in_stream.codec_context.name
-            raise VideoError(f"{name}: cannot copy its {codec} video stream into mp4 ({e})") from e
+            with storage.atomic_write(out) as f, av.open(f, mode="w", format="mp4") as dest:
+                stream_out = dest.add_stream_from_template(stream_in)
+                audio_packets = deque(_aac_packets(dest, speech_S, start))
+                for packet in _timed(source.demux(stream_in), frame_ticks):
+                    # Interleaved by time, as players read them.
+                    while audio_packets and _seconds(audio_packets[0]) <= _seconds(packet):
+                        dest.mux(audio_packets.popleft())
+                    packet.stream = stream_out
+                    dest.mux(packet)
+                dest.mux(list(audio_packets))
+        except (av.error.FFmpegError, ValueError) as e:  # ValueError: a codec mp4 cannot hold
+            raise VideoError(f"{video}: cannot copy its {codec} video into an mp4 ({e})") from e
 
 
-def _video_seconds(source: str | Path) -> float:
-    """Duration of the first video stream: as the container states it, else from its packets
-    (live-recorded WebM states none)."""
-    name = str(source)
-    with _open(source) as container:
-        stream = _video_stream(container, name)
-        if stream.duration is not None and stream.time_base is not None:
-            return float(stream.duration * stream.time_base)
-        start, end = None, None
-        for packet in container.demux(stream):
-            if packet.pts is None:
-                continue
-            start = packet.pts if start is None else min(start, packet.pts)
-            end = max(end or packet.pts, packet.pts + (packet.duration or 0))
-        if start is None or stream.time_base is None:
-            raise VideoError(f"{name}: video stream has no packets")
-        return float((end - start) * stream.time_base)
+def _timed(packets: Iterator[av.Packet], frame_ticks: int) -> Iterator[av.Packet]:
+    """The demuxed packets with the timing mp4 needs, which Matroska and WebM often leave out:
+    a duration on every packet (else the copied stream ends a frame early), and a decoding time
+    on the leading packets of a stream with B-frames (counted back, a frame each, from the first
+    packet that has one). The demuxer's empty end-of-stream packet is dropped."""
+    held: list[av.Packet] = []
+    for packet in packets:
+        if not packet.size:
+            continue
+        packet.duration = packet.duration or frame_ticks
+        if packet.dts is None:
+            held.append(packet)
+            continue
+        for k, early in enumerate(held):
+            early.dts = packet.dts - (len(held) - k) * frame_ticks
+        yield from held
+        held = []
+        yield packet
+    for early in held:  # no decoding time anywhere: no B-frames, so it is the presentation time
+        early.dts = early.pts
+    yield from held
+
+
+def _aac_packets(
+    dest: av.container.OutputContainer, speech_S: np.ndarray, start: float
+) -> list[av.Packet]:
+    audio = dest.add_stream("aac", rate=MUX_SAMPLE_RATE, layout="mono")
+    frame = av.AudioFrame.from_ndarray(
+        np.clip(speech_S, -1, 1).astype(np.float32)[None, :], format="flt", layout="mono"
+    )
+    frame.sample_rate = MUX_SAMPLE_RATE
+    frame.pts = round(start * MUX_SAMPLE_RATE)
+    return [*audio.encode(frame), *audio.encode(None)]
+
+
+def _seconds(packet: av.Packet) -> float:
+    return float(packet.dts * packet.time_base)

@@ -123,20 +123,6 @@ def bucket(s3_endpoint: str, monkeypatch, request) -> str:
 def checkpoint(synth_features: str, tmp_path_factory: pytest.TempPathFactory) -> str:
     """A run directory holding one checkpoint of an untrained tiny model, with the dataset's
     speaker table and mel statistics."""
-    import torch
+    from l2s.train import initial_checkpoint
 
-    from l2s.models.lip2speech import Lip2Speech
-    from l2s.train import TrainConfig
-    from l2s.train.checkpoint import Progress, checkpoint_name, write_model
-    from l2s.train.data import index_dataset
-
-    run = tmp_path_factory.mktemp("run")
-    cfg = TrainConfig(dataset=synth_features, out=str(run))
-    index = index_dataset(synth_features, val_utterances=0, n_val_audio=0)
-    torch.manual_seed(0)
-    model = Lip2Speech(cfg.model_config)
-    model.set_mel_stats(torch.from_numpy(index.mel_mean_M), torch.from_numpy(index.mel_std_M))
-    folder = run / checkpoint_name(0)
-    folder.mkdir()
-    write_model(folder, model.state_dict(), cfg, index.speakers, Progress(), {}, index.metadata)
-    return str(run)
+    return initial_checkpoint(synth_features, str(tmp_path_factory.mktemp("run")))

@@ -12,10 +12,9 @@ import os
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 
 from l2s.evaluate.split import AUDIO_DIRS, SUMMARY_METRICS, SYSTEMS, summarize
-from l2s.generate import GENERATED_FILE, mel_of
+from l2s.generate import mel_of, read_generated
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }
@@ -82,7 +81,7 @@ def write_report(
         _summary_table(rows),
     ]
     for folder in results:
-        records = pq.read_table(str(Path(folder) / GENERATED_FILE)).to_pylist()[:per_split]
+        records = read_generated(folder)[:per_split]
         if not records:
             continue
         parts.append(f"<h2>{html.escape(records[0]['split'])} — {html.escape(folder)}</h2>")

@@ -1,6 +1,7 @@
 """Scoring a generated split against the recordings, with two baselines in the same table.
 
-Systems, each vocoded by Griffin-Lim and scored against the clip's original waveform:
+Systems, each vocoded by the split's vocoder (Griffin-Lim unless `l2s generate --vocoder` named
+another) and scored against the clip's original waveform:
   l2s          the model's mel (the wav `generate_split` wrote)
   gt_mel       the ground-truth mel: the ceiling the vocoder allows
   mean_mel     a constant predictor, the training mel mean at every frame: the floor
@@ -13,27 +14,29 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from pathlib import Path
+from collections.abc import Callable
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import soundfile as sf
 from rich.console import Console
 from rich.table import Table
 from tqdm import tqdm
 
-from l2s.audio import griffin_lim, load_audio, write_wav
+from l2s import storage
+from l2s.audio import load_audio, write_wav
 from l2s.config import AUDIO, MELS_PER_FRAME
 from l2s.evaluate.metrics import score_utterance
-from l2s.generate import GENERATED_FILE, WAV_DIR, mel_of
+from l2s.generate import WAV_DIR, mel_of, read_generated
 from l2s.pipeline import shards
+from l2s.vocoder import load_vocoder
 
 SCORES_FILE = "scores.parquet"
 # Folders (in a results folder) of the recordings and of each system's audio.
 AUDIO_DIRS = {"reference": "reference", "l2s": WAV_DIR, "gt_mel": "gt_mel", "mean_mel": "mean_mel"}
 SYSTEMS = ("l2s", "gt_mel", "mean_mel")
-SUMMARY_METRICS = ("stoi", "estoi", "pesq_wb", "pesq_nb", "mcd", "wer")
+SUMMARY_METRICS = ("stoi", "estoi", "pesq_wb", "pesq_nb", "mcd", "speaker_similarity", "wer")
+HEADERS = {"speaker_similarity": "spk_sim"}  # short column names for the printed table
 
 
 def reference_audio(record: dict) -> np.ndarray:
@@ -44,62 +47,131 @@ def reference_audio(record: dict) -> np.ndarray:
     return wav_S[: record["n_frames"] * MELS_PER_FRAME * AUDIO.hop_length]
 
 
-def system_audio(record: dict) -> dict[str, np.ndarray]:
-    wav_S, _ = sf.read(record["wav"], dtype="float32")
+def system_audio(record: dict, vocode: Callable[[np.ndarray], np.ndarray]) -> dict[str, np.ndarray]:
+    with storage.open_uri(record["wav"]) as f:
+        wav_S, _ = sf.read(f, dtype="float32")
     mean_MF = np.repeat(
         np.asarray(record["mean_mel"], np.float32)[:, None], 4 * record["n_frames"], 1
     )
     return {
         "l2s": wav_S,
-        "gt_mel": griffin_lim(mel_of(record, "target_mel")),
-        "mean_mel": griffin_lim(mean_MF),
+        "gt_mel": vocode(mel_of(record, "target_mel")),
+        "mean_mel": vocode(mean_MF),
     }
 
 
-def score_results(results: str, asr: str | None = None) -> list[dict]:
-    """Score every clip of `results/generated.parquet`; write `results/scores.parquet`.
+def _embedding(encoder, wav_S: np.ndarray) -> np.ndarray | None:
+    """The speaker embedding of a waveform, or None when there is no speech to embed (the
+    similarity is then NaN): a silent mean-mel baseline must not stop the scoring."""
+    from l2s.speaker import SpeakerError
+
+    if encoder is None:
+        return None
+    try:
+        return encoder.embed(wav_S)
+    except SpeakerError:
+        return None
+
+
+def score_record(record: dict, results: str, recognizer=None, speaker_encoder=None) -> list[dict]:
+    """One generated clip → one score row per system; the recording and the baselines' audio (the
+    record's vocoder) are written beside the model's wavs (for the report) unless already there.
+
+    With a `speaker_encoder` (l2s.speaker.SpeakerEncoder), `speaker_similarity` is the cosine of
+    each system's embedding with the recording's."""
+    reference_S = reference_audio(record)
+    reference_D = _embedding(speaker_encoder, reference_S)
+    audio = system_audio(record, load_vocoder(record.get("vocoder")))
+    for name, wav_S in (
+        ("reference", reference_S),
+        ("gt_mel", audio["gt_mel"]),
+        ("mean_mel", audio["mean_mel"]),
+    ):
+        uri = storage.join(results, AUDIO_DIRS[name], f"{record['id']}.wav")
+        if not storage.exists(uri):
+            write_wav(uri, wav_S)
+    rows = []
+    for system, generated_S in audio.items():
+        hypothesis = recognizer.transcribe(generated_S) if recognizer else None
+        scores = score_utterance(
+            reference_S,
+            generated_S,
+            transcript=record["transcript"] if recognizer else None,
+            hypothesis=hypothesis,
+            reference_embedding=reference_D,
+            generated_embedding=_embedding(speaker_encoder, generated_S),
+        )
+        rows.append(
+            {
+                "id": record["id"],
+                "speaker": record["speaker"],
+                "split": record["split"],
+                "system": system,
+                "hypothesis": hypothesis,
+                "asr": recognizer.name if recognizer else None,
+                **scores,
+            }
+        )
+    return rows
+
+
+class ScoreBatch:
+    """Ray Data actor: the speaker encoder and the ASR decoder (when asked for) are loaded once
+    per actor."""
+
+    def __init__(self, results: str, asr: str | None) -> None:
+        from l2s.speaker import SpeakerEncoder
+
+        self.results, self.recognizer = results, None
+        if asr is not None:
+            from l2s.evaluate.asr import PocketSphinxASR
+
+            self.recognizer = PocketSphinxASR(asr)
+        self.speaker_encoder = SpeakerEncoder()
+
+    def __call__(self, batch: dict) -> pa.Table:
+        records = [dict(zip(batch, v, strict=True)) for v in zip(*batch.values(), strict=True)]
+        rows = [
+            row
+            for record in records
+            for row in score_record(record, self.results, self.recognizer, self.speaker_encoder)
+        ]
+        return pa.Table.from_pylist(rows)
+
+
+def score_results(
+    results: str, asr: str | None = None, *, workers: int | None = None, progress: bool = True
+) -> list[dict]:
+    """Score every generated clip of `results` in parallel on the current Ray (one actor per CPU);
+    write `results/scores.parquet`.
 
     `asr`: None (no WER / CER), "grid" or "open" (pocketsphinx, offline).
     """
-    records = pq.read_table(str(Path(results) / GENERATED_FILE)).to_pylist()
-    recognizer = None
-    if asr is not None:
-        from l2s.evaluate.asr import PocketSphinxASR
+    import ray
+    from ray.data import ActorPoolStrategy
 
-        recognizer = PocketSphinxASR(asr)
-    rows = []
-    for record in tqdm(records, desc="score", unit="clip"):
-        reference_S = reference_audio(record)
-        audio = system_audio(record)
-        # The reference and the baselines are written beside the model's wavs, for the report.
-        for name, wav_S in (
-            ("reference", reference_S),
-            ("gt_mel", audio["gt_mel"]),
-            ("mean_mel", audio["mean_mel"]),
-        ):
-            path = Path(results) / AUDIO_DIRS[name] / f"{record['id']}.wav"
-            if not path.exists():
-                write_wav(path, wav_S)
-        for system, generated_S in audio.items():
-            hypothesis = recognizer.transcribe(generated_S) if recognizer else None
-            scores = score_utterance(
-                reference_S,
-                generated_S,
-                transcript=record["transcript"] if recognizer else None,
-                hypothesis=hypothesis,
-            )
-            rows.append(
-                {
-                    "id": record["id"],
-                    "speaker": record["speaker"],
-                    "split": record["split"],
-                    "system": system,
-                    "hypothesis": hypothesis,
-                    "asr": recognizer.name if recognizer else None,
-                    **scores,
-                }
-            )
-    shards.write_table(pa.Table.from_pylist(rows), str(Path(results) / SCORES_FILE))
+    from l2s.pipeline.runtime import worker_env
+
+    records = read_generated(results)
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    remote = worker_env()
+    ds = ray.data.from_items(records, override_num_blocks=max(1, min(len(records), 4 * cpus)))
+    ds = ds.map_batches(
+        ScoreBatch,
+        fn_constructor_args=(results, asr),
+        batch_size=1,
+        compute=ActorPoolStrategy(min_size=1, max_size=workers or max(cpus, 1)),
+        num_cpus=0.75,
+        **remote,
+    )
+    rows = [
+        dict(row)
+        for row in tqdm(
+            ds.iter_rows(), total=len(records) * len(SYSTEMS), desc="score", disable=not progress
+        )
+    ]
+    rows.sort(key=lambda r: (r["id"], SYSTEMS.index(r["system"])))
+    shards.write_table(pa.Table.from_pylist(rows), storage.join(results, SCORES_FILE))
     return rows
 
 
@@ -129,7 +201,7 @@ def print_summary(rows: list[dict], console: Console | None = None) -> None:
     table.add_column("clips", justify="right")
     shown = [m for m in SUMMARY_METRICS if any(m in v for v in summary.values())]
     for metric in shown:
-        table.add_column(metric, justify="right")
+        table.add_column(HEADERS.get(metric, metric), justify="right")
     order = {s: i for i, s in enumerate(SYSTEMS)}
     for split, system in sorted(summary, key=lambda k: (k[0], order.get(k[1], 99))):
         values = summary[(split, system)]

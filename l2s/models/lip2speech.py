@@ -102,7 +102,8 @@ def tiny() -> ModelConfig:
 
     The ResNet trunk is 8 channels wide (not 64) and the stem strides by 4 (not 2), so frames reach
     the trunk at 11×11: the front-end dominates CPU time, and this gives 2–3 training steps a
-    second at 8 clips × 50 frames on 2 threads.
+    second at 8 clips × 50 frames on 2 threads. No dropout: a run of minutes underfits, and
+    without it a 28-minute run reached test STOI 0.793 against 0.738 with dropout 0.1 (README).
     """
     return ModelConfig(
         frontend_width=8,
@@ -118,6 +119,7 @@ def tiny() -> ModelConfig:
         ffn_mult=2,
         upsample_convs=1,
         postnet_dim=64,
+        dropout=0.0,
     )
 
 

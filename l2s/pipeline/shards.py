@@ -45,7 +45,7 @@ def write_shard(root: str, features: list[FeatureRow], errors: list[ErrorRow]) -
         write_table(to_table(features, FEATURE_SCHEMA), storage.join(root, FEATURES, name))
 
 
-def _shards(root: str, table: str) -> list[str]:
+def list_shards(root: str, table: str) -> list[str]:
     folder = storage.join(root, table)
     if not storage.exists(folder):
         return []
@@ -56,9 +56,34 @@ def _shards(root: str, table: str) -> list[str]:
     ]
 
 
+def read_table(
+    root: str, table: str, columns: list[str] | None = None, split: str | None = None
+) -> pa.Table | None:
+    """One table's shards (only `columns`; only rows of `split`) as one Arrow table; None if empty."""
+    parts = []
+    for uri in list_shards(root, table):
+        with storage.open_uri(uri) as f:
+            part = pq.read_table(
+                f, columns=columns, filters=[("split", "==", split)] if split else None
+            )
+        parts.append(part)
+    return pa.concat_tables(parts) if parts else None
+
+
+def shards_holding(root: str, table: str, ids: set[str]) -> list[str]:
+    """The shards of `table` that hold any of `ids` (only their id columns are read): a job over
+    one split scans those, not the whole dataset."""
+    held = []
+    for uri in list_shards(root, table):
+        with storage.open_uri(uri) as f:
+            if not ids.isdisjoint(pq.read_table(f, columns=["id"]).column("id").to_pylist()):
+                held.append(uri)
+    return held
+
+
 def read_column(root: str, table: str, column: str) -> list:
     values: list = []
-    for uri in _shards(root, table):
+    for uri in list_shards(root, table):
         with storage.open_uri(uri) as f:
             values.extend(pq.read_table(f, columns=[column]).column(column).to_pylist())
     return values
@@ -73,7 +98,7 @@ def drop_duplicates(root: str) -> int:
     seen: set[str] = set()
     dropped = 0
     for table in (FEATURES, ERRORS):
-        for uri in _shards(root, table):
+        for uri in list_shards(root, table):
             with storage.open_uri(uri) as f:
                 shard = pq.read_table(f)
             ids = shard.column("id").to_pylist()
@@ -95,7 +120,7 @@ def done_ids(root: str) -> set[str]:
 
 def read_errors(root: str) -> list[ErrorRow]:
     rows = []
-    for uri in _shards(root, ERRORS):
+    for uri in list_shards(root, ERRORS):
         with storage.open_uri(uri) as f:
             rows.extend(ErrorRow(**r) for r in pq.read_table(f).to_pylist())
     return rows
@@ -104,7 +129,7 @@ def read_errors(root: str) -> list[ErrorRow]:
 def read_features(root: str, split: str | None = None) -> list[FeatureRow]:
     """All feature rows (optionally of one split) with plain pyarrow; no Ray needed."""
     rows = []
-    for uri in _shards(root, FEATURES):
+    for uri in list_shards(root, FEATURES):
         with storage.open_uri(uri) as f:
             table = pq.read_table(f)
         if split is not None:

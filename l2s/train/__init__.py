@@ -177,3 +177,26 @@ def train(cfg: TrainConfig, *, callbacks: Sequence = ()) -> TrainSummary:
         metrics=history[-1] if history else {},
         history=history,
     )
+
+
+def initial_checkpoint(dataset: str, out: str, preset: str = "tiny", seed: int = 0) -> str:
+    """A run directory (local) holding the step-0 checkpoint of an untrained model, with the
+    dataset's speaker table and mel statistics: what tests and speed benchmarks generate with
+    when the content of the speech does not matter."""
+    from pathlib import Path
+
+    import torch
+
+    from l2s.models.lip2speech import Lip2Speech
+    from l2s.train.checkpoint import Progress, checkpoint_name, write_model
+    from l2s.train.data import index_dataset
+
+    cfg = TrainConfig(dataset=dataset, out=out, preset=preset, seed=seed)
+    index = index_dataset(dataset, val_utterances=0, n_val_audio=0)
+    torch.manual_seed(seed)
+    model = Lip2Speech(cfg.model_config)
+    model.set_mel_stats(torch.from_numpy(index.mel_mean_M), torch.from_numpy(index.mel_std_M))
+    folder = Path(out) / checkpoint_name(0)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_model(folder, model.state_dict(), cfg, index.speakers, Progress(), {}, index.metadata)
+    return out

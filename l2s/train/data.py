@@ -194,12 +194,12 @@ def read_split(index: DatasetIndex, split: str, *, shuffle_files: bool):
     dataset = ray.data.read_parquet(
         [storage.arrow_filesystem(f)[1] for f in index.files],
         filesystem=fs,
-        columns=[*COLUMNS, "split"],
         shuffle="files" if shuffle_files else None,
         num_cpus=0.25,
         ray_remote_args=remote or None,
     )
-    # Ray Data pushes this predicate down into the Parquet scan (no separate pass over the rows).
+    # Ray Data pushes the projection and this predicate down into the Parquet scan.
+    dataset = dataset.select_columns([*COLUMNS, "split"])
     return dataset.filter(expr=col("split") == split, num_cpus=0.25, **remote).select_columns(
         COLUMNS
     )

@@ -1,0 +1,545 @@
+"""`l2s dub`: every new video under a prefix → the same video with generated speech as its audio.
+
+    l2s dub s3://media/silent s3://media/dubbed --checkpoint s3://models/runs/base
+
+For each video under SRC (.mp4 .mov .mkv .avi .webm; local or s3://) that the ledger does not
+list as finished: speak for it (`l2s.speak`, the model loaded once per worker), mux the speech in
+as its only audio track with the video stream copied (`l2s.video.mux_audio`), and write
+`DST/<relative path>.mp4` with a JSON sidecar `DST/<relative path>.json` beside it (checkpoint,
+step, model config, voice, durations, compute time, and scores against the source's own audio
+track where it has one). Videos are spread over a pool of Ray actors; a local Ray on 2 cores
+runs it as well as a GPU cluster.
+
+The ledger is `DST/_ledger/`: one small JSON record per video, `done/<name>.json` or
+`failed/<name>.json` (with the stage and the reason), where <name> is the video's path below SRC
+quoted into one file name. The worker that finished the video writes it. One record per video
+rather than one ledger file, because:
+- a record is written once, whole (temporary file + rename locally, one PUT on S3, which has no
+  append and no rename): nothing is read, changed and written back, so no worker or concurrent
+  run can lose another's update, and a killed run keeps every record it wrote before the kill;
+- the record comes last, after the mp4 and the sidecar, so "done" means all three are complete. A
+  video killed halfway has no record; the next run does it again and overwrites its outputs whole
+  (their names are fixed), so every output exists exactly once. Temporary files a killed run left
+  beside those outputs (local DST only) are removed by the next run before it writes them again;
+- listing `done/` tells a nightly run what is finished without reading a single record, however
+  many videos the bucket holds; only failure records are read (for their retry flag and reason).
+  A done record outranks a failed one, so a retry that succeeds needs no atomic replacement: it
+  writes `done/` and then removes the old `failed/` record.
+A failure never stops the batch. Failures with a passing cause (a read or write error, a bug in a
+worker) are tried again by the next run; the rest (not a video, no face…) stay failed until
+`--retry-failed`. Concurrent runs on one DST stay correct but may dub some videos twice.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import posixpath
+import socket
+import tempfile
+import time
+from collections import Counter, deque
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from urllib.parse import quote, unquote
+
+import numpy as np
+
+from l2s import __version__, storage
+from l2s.audio import AudioError, load_audio
+from l2s.features import FeatureConfig
+from l2s.generate import Generator
+from l2s.speak import SpeakError, speak_with, voice
+from l2s.video import VideoError, VideoInfo, mux_audio, probe
+
+VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".avi", ".webm")
+LEDGER = "_ledger"
+# Stages whose failures have passing causes: the next run tries these videos again.
+RETRIED_STAGES = ("read", "write", "internal")
+SCORE_KEYS = ("stoi", "estoi", "pesq_wb", "pesq_nb", "mcd", "duration_s")
+
+
+@dataclass(frozen=True, kw_only=True)
+class SourceVideo:
+    """A video under SRC and where its results go (paths relative to SRC and DST, '/'-separated)."""
+
+    uri: str
+    relative: str
+
+    @property
+    def output(self) -> str:
+        return posixpath.splitext(self.relative)[0] + ".mp4"
+
+    @property
+    def sidecar(self) -> str:
+        return posixpath.splitext(self.relative)[0] + ".json"
+
+    def written(self) -> tuple[str, ...]:
+        """Every file that dubbing it may write, below DST."""
+        return (self.output, self.sidecar, self.record("done"), self.record("failed"))
+
+    def record(self, status: str) -> str:
+        """Its ledger record with this status (done or failed), below DST."""
+        return posixpath.join(LEDGER, status, quote(self.relative, safe="") + ".json")
+
+
+@dataclass(frozen=True, kw_only=True)
+class LedgerRecord:
+    """What happened to one source video; the ledger holds the latest one per video."""
+
+    source: str  # path below SRC
+    status: str  # "done" or "failed"
+    stage: str = ""  # where it failed: read, decode, speak, mux, write, internal
+    reason: str = ""
+    retry: bool = False  # a passing cause: the next run tries again
+    output: str = ""  # path of the dubbed mp4 below DST
+    seconds: float = 0.0  # of video
+    compute_seconds: float = 0.0
+    finished_at: str = ""
+    run: str = ""
+
+    def __post_init__(self) -> None:
+        if self.status not in ("done", "failed"):
+            raise ValueError(f"{self.source}: status must be done or failed, not {self.status!r}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class DubConfig:
+    checkpoint: str  # a checkpoint or a run directory (its latest checkpoint, fixed at the start)
+    speaker: str | None = None  # a training speaker's voice
+    reference_audio: str | None = None  # or the voice of a recording (local or s3://)
+    workers: int | None = None  # model actors; None: one per GPU, else one per CPU
+    retry_failed: bool = False  # also redo videos that failed for good in earlier runs
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+
+    def __post_init__(self) -> None:
+        if self.speaker is not None and self.reference_audio is not None:
+            raise ValueError("give a speaker or a reference recording, not both")
+        if self.workers is not None and self.workers < 1:
+            raise ValueError(f"workers must be >= 1, got {self.workers}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class DubPlan:
+    """Everything a worker needs, fixed once by the driver so that every video of a run gets the
+    same checkpoint and voice, even if training writes a newer checkpoint meanwhile."""
+
+    dst: str
+    checkpoint: str
+    voice_D: np.ndarray | None
+    voice: str
+    model: dict  # checkpoint, step, preset, model and training configs: for the sidecars
+    features: FeatureConfig
+    run: str
+
+
+@dataclass
+class Summary:
+    done: int = 0
+    failed: list[LedgerRecord] = field(default_factory=list)  # this run's failures
+    skipped_done: int = 0
+    skipped_failed: list[LedgerRecord] = field(default_factory=list)  # failed earlier, for good
+    lost: int = 0  # a worker died with them (no record: the next run does them)
+    lost_reason: str = ""  # why the first worker died
+    conflicts: list[str] = field(default_factory=list)  # sources whose output name is taken
+    swept: int = 0  # temporaries of a killed run removed
+    seconds: float = 0.0
+    video_seconds: float = 0.0
+
+
+def find_videos(src: str, dst: str) -> tuple[list[SourceVideo], list[str]]:
+    """Videos under `src` and the ones left out because another source has their output name.
+
+    Hidden files (a component starting with '.', as uploaders' partial files and macOS '._x' files
+    are named) and anything under `dst` (when it lies inside `src`) are not sources. Of sources
+    that differ only in suffix (`a.mov`, `a.mp4` → `a.mp4`) the .mp4, else the first, is dubbed.
+    """
+    src, dst = storage.normalize(src), storage.normalize(dst)
+    if src == dst:
+        raise ValueError(f"{dst}: the destination must differ from the source (outputs are mp4)")
+    if not storage.exists(src):
+        raise FileNotFoundError(f"{src}: no such folder or prefix")
+    by_output: dict[str, list[SourceVideo]] = {}
+    for uri in storage.list_files(src, VIDEO_SUFFIXES):
+        if uri.startswith(dst + "/"):
+            continue
+        relative = uri[len(src) + 1 :]
+        if any(part.startswith(".") for part in relative.split("/")):
+            continue
+        video = SourceVideo(uri=uri, relative=relative)
+        by_output.setdefault(video.output, []).append(video)
+    videos, conflicts = [], []
+    for output, group in sorted(by_output.items()):
+        keep = next((v for v in group if v.relative == output), group[0])
+        videos.append(keep)
+        conflicts += [
+            f"{v.relative}: its output {output} is {keep.relative}'s"
+            for v in group
+            if v is not keep
+        ]
+    return videos, conflicts
+
+
+def read_ledger(dst: str) -> tuple[set[str], dict[str, LedgerRecord]]:
+    """The sources done (from one listing, no reads) and the failure records of the rest.
+
+    A failure record that cannot be parsed counts as absent (its video is done again): records
+    are written whole, so only a hand edit makes one.
+    """
+    root = storage.join(storage.normalize(dst), LEDGER)
+    done = {_source_of(uri) for uri in _records(root, "done")}
+    failed = {}
+    for data in storage.read_many(_records(root, "failed")).values():
+        if isinstance(data, OSError):  # removed since the listing: a retry has just succeeded
+            continue
+        try:
+            record = LedgerRecord(**json.loads(data))
+        except (ValueError, TypeError):
+            continue
+        if record.source not in done:
+            failed[record.source] = record
+    return done, failed
+
+
+def _records(root: str, status: str) -> list[str]:
+    # A missing folder lists as empty; temporaries of killed writes end in .tmp, not .json.
+    return storage.list_files(storage.join(root, status), [".json"])
+
+
+def _source_of(record_uri: str) -> str:
+    return unquote(posixpath.basename(record_uri).removesuffix(".json"))
+
+
+def write_record(dst: str, video: SourceVideo, record: LedgerRecord) -> None:
+    """Write the record; a done record then removes the failure record of an earlier run."""
+    data = json.dumps(asdict(record)).encode()
+    storage.write_bytes(storage.join(dst, video.record(record.status)), data)
+    if record.status == "done":
+        storage.remove(storage.join(dst, video.record("failed")))
+
+
+def sweep_temporaries(dst: str, todo: list[SourceVideo]) -> int:
+    """Remove what killed runs left half-written beside the files `todo` is about to write."""
+    if not storage.is_local(dst) or not storage.exists(dst):
+        return 0
+    targets = {storage.join(dst, name) for video in todo for name in video.written()}
+    stale = [u for u in storage.list_files(dst) if storage.temporary_target(u) in targets]
+    for uri in stale:
+        storage.remove(uri)
+    return len(stale)
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _failed(plan: DubPlan, video: SourceVideo, stage: str, reason: str) -> LedgerRecord:
+    return LedgerRecord(
+        source=video.relative,
+        status="failed",
+        stage=stage,
+        reason=reason,
+        retry=stage in RETRIED_STAGES,
+        finished_at=_now(),
+        run=plan.run,
+    )
+
+
+def _fetch(uri: str, folder: str) -> str:
+    """A local path to read `uri` from: the file itself, or a copy in `folder` (PyAV reads files)."""
+    if storage.is_local(uri):
+        return uri
+    local = os.path.join(folder, "source" + posixpath.splitext(uri)[1])
+    fs, path = storage.filesystem(uri)
+    fs.get_file(path, local)
+    return local
+
+
+def _scores(source: str, info: VideoInfo, wav: str) -> tuple[dict | None, str]:
+    """Scores of the speech against the source's own audio track, or None and why there are none.
+
+    The track is what was said while the lips moved, when the source has one (a damaged or
+    re-recorded track scores low for reasons of its own).
+    """
+    from l2s.evaluate.metrics import score_utterance
+
+    if not info.has_audio:
+        return None, "the source has no audio track to compare with"
+    try:
+        reference_S = load_audio(source)
+    except AudioError as e:
+        return None, f"the source's audio track cannot be decoded ({e})"
+    row = score_utterance(reference_S, load_audio(wav))
+    scores = {k: None if math.isnan(row[k]) else round(float(row[k]), 4) for k in SCORE_KEYS}
+    return scores, str(row["nan_reasons"])
+
+
+def dub_video(gen: Generator, plan: DubPlan, video: SourceVideo) -> LedgerRecord:
+    """One source video → its dubbed mp4, sidecar and ledger record (the record written last).
+
+    Returns the record: what is wrong with a video, or with reading or writing it, is a failure
+    record with its stage and reason. Anything else is a bug and raises (the driver records it).
+    """
+    start = time.perf_counter()
+    out = storage.join(plan.dst, video.output)
+    stage = "read"
+    with tempfile.TemporaryDirectory(prefix="l2s-dub-") as work:
+        try:
+            source = _fetch(video.uri, work)
+            stage = "decode"
+            info = probe(source)
+            stage = "speak"
+            wav = os.path.join(work, "speech.wav")
+            spoken = speak_with(gen, (plan.voice_D, plan.voice), source, wav, plan.features, start)
+            scores, no_scores = _scores(source, info, wav)
+            stage = "mux"
+            mux_audio(source, wav, out)
+            stage = "write"
+            record = LedgerRecord(
+                source=video.relative,
+                status="done",
+                output=video.output,
+                seconds=info.duration,
+                compute_seconds=round(time.perf_counter() - start, 3),
+                finished_at=_now(),
+                run=plan.run,
+            )
+            sidecar = {
+                "source": video.uri,
+                "output": out,
+                "l2s_version": __version__,
+                "model": plan.model,
+                "vocoder": "griffin-lim",
+                "voice": plan.voice,
+                "durations": {"video_s": info.duration, "speech_s": spoken.seconds},
+                "source_video": asdict(info),
+                "video_stream": "copied",
+                "face_ratio": round(spoken.face_ratio, 4),
+                "compute_seconds": record.compute_seconds,
+                "scores": scores,
+                "scores_note": no_scores,
+                "finished_at": record.finished_at,
+                "run": plan.run,
+            }
+            storage.write_bytes(
+                storage.join(plan.dst, video.sidecar), json.dumps(sidecar, indent=2).encode()
+            )
+        except VideoError as e:
+            reason = str(e).replace(source, video.uri)  # name the source, not its local copy
+            record = _failed(plan, video, "mux" if stage == "mux" else "decode", reason)
+        except SpeakError as e:
+            record = _failed(plan, video, stage, str(e).replace(source, video.uri))
+        except OSError as e:
+            record = _failed(plan, video, "read" if stage == "read" else "write", str(e))
+    write_record(plan.dst, video, record)
+    return record
+
+
+class Dubber:
+    """A worker: the model loaded once (on its GPU when it has one), then one video per call."""
+
+    def __init__(self, plan: DubPlan) -> None:
+        import torch
+
+        self.plan = plan
+        self.gen = Generator.load(plan.checkpoint, "cuda" if torch.cuda.is_available() else "cpu")
+
+    def dub(self, video: SourceVideo) -> LedgerRecord:
+        return dub_video(self.gen, self.plan, video)
+
+
+def make_plan(dst: str, cfg: DubConfig) -> DubPlan:
+    """Fix the checkpoint (a run directory's latest, now) and the voice, once for the whole run."""
+    from l2s.train.checkpoint import read_config
+
+    gen = Generator.load(cfg.checkpoint)
+    reference = cfg.reference_audio
+    with tempfile.TemporaryDirectory(prefix="l2s-voice-") as work:
+        local = _fetch(reference, work) if reference is not None else None
+        voice_D, described = voice(gen, local, cfg.speaker)
+    if reference is not None:
+        described = f"reference {reference}"
+    config = read_config(gen.checkpoint)
+    model = {
+        "checkpoint": gen.checkpoint,
+        "step": config["progress"]["step"],
+        "preset": config["train_config"]["preset"],
+        "model_config": config["model_config"],
+        "train_config": config["train_config"],
+    }
+    run = f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{socket.gethostname()}-{os.getpid()}"
+    return DubPlan(
+        dst=storage.normalize(dst),
+        checkpoint=gen.checkpoint,
+        voice_D=voice_D,
+        voice=described,
+        model=model,
+        features=cfg.features,
+        run=run,
+    )
+
+
+def _pool(n_videos: int, workers: int | None) -> tuple[int, dict]:
+    """How many Dubber actors, and what each asks for, from the cluster's resources."""
+    import ray
+
+    from l2s.pipeline.runtime import worker_env
+
+    resources = ray.cluster_resources()
+    cpus, gpus = int(resources.get("CPU", 1)), int(resources.get("GPU", 0))
+    options = {"num_gpus": 1, "num_cpus": 1} if gpus else {"num_cpus": 1}
+    return max(1, min(n_videos, workers or gpus or cpus)), {**options, **worker_env()}
+
+
+def _run_pool(
+    plan: DubPlan,
+    todo: list[SourceVideo],
+    workers: int | None,
+    on_record: Callable[[LedgerRecord], None],
+) -> tuple[int, str]:
+    """Dub `todo` on a pool of actors, each fed a new video as it finishes one. Returns how many
+    videos were lost with workers that died (they have no record, so the next run does them) and
+    why the first worker died."""
+    import ray
+
+    n_actors, options = _pool(len(todo), workers)
+    actor_class = ray.remote(Dubber).options(**options)
+    queue = deque(todo)
+    pending: dict = {}
+
+    def feed(actor) -> None:
+        if queue:
+            video = queue.popleft()
+            pending[actor.dub.remote(video)] = (actor, video)
+
+    for _ in range(n_actors):
+        feed(actor_class.remote(plan))
+    lost, why = 0, ""
+    while pending:
+        [ref], _ = ray.wait(list(pending), num_returns=1)
+        actor, video = pending.pop(ref)
+        try:
+            record = ray.get(ref)
+        except ray.exceptions.RayActorError as e:
+            # The actor is gone (it could not load the model, ran out of memory, lost its node):
+            # it is not fed again.
+            lost, why = lost + 1, why or str(e)
+            continue
+        except ray.exceptions.RayTaskError as e:
+            # A bug, not a bad video: recorded, and tried again by the next run.
+            cause = e.cause if e.cause is not None else e
+            record = _failed(plan, video, "internal", f"{type(cause).__name__}: {cause}")
+            write_record(plan.dst, video, record)
+        on_record(record)
+        feed(actor)
+    return lost + len(queue), why
+
+
+def dub(
+    src: str,
+    dst: str,
+    cfg: DubConfig,
+    on_start: Callable[[int], None] | None = None,
+    on_record: Callable[[LedgerRecord], None] | None = None,
+) -> Summary:
+    """Dub every video under `src` not yet finished in `dst`'s ledger, on the current Ray (or the
+    one RAY_ADDRESS names, or a local one started in-process)."""
+    start = time.perf_counter()
+    videos, conflicts = find_videos(src, dst)
+    done, failed = read_ledger(dst)
+    summary = Summary(conflicts=conflicts)
+    todo = []
+    for video in videos:
+        record = failed.get(video.relative)
+        if video.relative in done:
+            summary.skipped_done += 1
+        elif record is None or record.retry or cfg.retry_failed:
+            todo.append(video)
+        else:
+            summary.skipped_failed.append(record)
+    summary.swept = sweep_temporaries(dst, todo)
+    if on_start is not None:
+        on_start(len(todo))
+    if todo:
+        from l2s.pipeline.runtime import connect
+
+        connect()  # only now: a run with nothing to do needs no Ray (starting one takes seconds)
+        plan = make_plan(dst, cfg)
+
+        def collect(record: LedgerRecord) -> None:
+            if record.status == "done":
+                summary.done += 1
+                summary.video_seconds += record.seconds
+            else:
+                summary.failed.append(record)
+            if on_record is not None:
+                on_record(record)
+
+        summary.lost, summary.lost_reason = _run_pool(plan, todo, cfg.workers, collect)
+    summary.seconds = time.perf_counter() - start
+    return summary
+
+
+def run_dub(src: str, dst: str, cfg: DubConfig) -> Summary:
+    """Dub with a progress bar, then print the summary and every failure's reason (the CLI and
+    the job call this)."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.table import Table
+
+    console = Console()
+    counts: Counter[str] = Counter()
+    with Progress(
+        TextColumn("dub"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[tally]}"),
+        TimeElapsedColumn(),
+        console=console,
+    ) as progress:
+        task = progress.add_task("dub", total=None, tally="")
+
+        def started(n: int) -> None:
+            progress.update(task, total=n)
+
+        def finished(record: LedgerRecord) -> None:
+            counts[record.status] += 1
+            tally = f"[green]{counts['done']} done[/] [red]{counts['failed']} failed[/]"
+            progress.update(task, advance=1, tally=tally)
+
+        summary = dub(src, dst, cfg, started, finished)
+    console.print(f"dub {src} → {dst}")
+    table = Table()
+    table.add_column("")
+    table.add_column("videos", justify="right")
+    table.add_row("dubbed now", str(summary.done))
+    for stage, count in sorted(Counter(r.stage for r in summary.failed).items()):
+        table.add_row(f"failed now at {stage}", str(count))
+    table.add_row("done earlier (skipped)", str(summary.skipped_done))
+    table.add_row("failed earlier (skipped; --retry-failed)", str(len(summary.skipped_failed)))
+    if summary.lost:
+        table.add_row("lost with a worker (next run)", str(summary.lost))
+    if summary.swept:
+        table.add_row("half-written files of a killed run removed", str(summary.swept))
+    if summary.conflicts:
+        table.add_row("output name taken (renamed?)", str(len(summary.conflicts)))
+    console.print(table)
+    if summary.done:
+        console.print(
+            f"{summary.done / summary.seconds:.2f} videos/s, "
+            f"{summary.video_seconds / summary.seconds:.2f} s of video per second"
+        )
+    for record in summary.failed:
+        retry = " (tried again next run)" if record.retry else ""
+        console.print(f"[red]failed[/] {record.source} at {record.stage}: {record.reason}{retry}")
+    if summary.lost:
+        console.print(f"[red]a worker died[/]: {summary.lost_reason}")
+    for conflict in summary.conflicts:
+        console.print(f"[yellow]not dubbed[/] {conflict}")
+    if summary.failed or summary.skipped_failed:
+        console.print(
+            f"reasons: {storage.join(storage.normalize(dst), LEDGER)} (one record a video)"
+        )
+    return summary
