@@ -98,10 +98,11 @@ def stage_costs(clips: list[Path], checkpoint: str) -> None:
     seconds, the most requests/s the machine's cores can answer."""
     import torch
 
-    from l2s.audio import griffin_lim, griffin_lim_batch
+    from l2s.audio import griffin_lim
     from l2s.features import FeatureConfig, downscaled_frames
     from l2s.generate import Generator
     from l2s.speak import mouth_rois
+    from l2s.vocoder import load_vocoder
 
     torch.set_num_threads(1)
     cfg = FeatureConfig()
@@ -127,7 +128,7 @@ def stage_costs(clips: list[Path], checkpoint: str) -> None:
     with Timer() as model_batch:
         gen.mels([rois[i] for i in eight], [None] * 8)
     with Timer() as gl_batch:
-        griffin_lim_batch([mels[i] for i in eight])
+        load_vocoder(None).batch([mels[i] for i in eight])
     print("stage costs per clip, in process, torch on one thread (mean over the clips);")
     print("preprocess = decode (25 fps, downscaled to 480 px) + face tracking + mouth crop:")
     print(f"  {'stage':<38} {'wall s':>7} {'CPU s':>7}")

@@ -191,21 +191,3 @@ def griffin_lim(
     wav_BS = torch.nn.functional.pad(wav_BS, (shift, 0))[..., :n_samples]
     out = wav_BS.numpy().astype(np.float32)
     return out[0] if single else out
-
-
-def griffin_lim_batch(mels: list[np.ndarray], cfg: AudioConfig = AUDIO) -> list[np.ndarray]:
-    """Griffin-Lim for clips of different lengths in one pass (the server's dynamic batches).
-
-    The mels are padded to the longest with silence (the log floor) and each waveform is cut
-    back to its clip's T * hop samples. Each clip's phase starts from other random angles than
-    it would alone, and its last frame sees the silence after it: the result differs from
-    `griffin_lim` of the clip alone by what two runs of Griffin-Lim differ by.
-    """
-    if len(mels) == 1:
-        return [griffin_lim(mels[0], cfg)]
-    n_frames = [mel_MT.shape[1] for mel_MT in mels]
-    mel_BMT = np.full((len(mels), cfg.n_mels, max(n_frames)), np.log(cfg.log_floor), np.float32)
-    for b, mel_MT in enumerate(mels):
-        mel_BMT[b, :, : n_frames[b]] = mel_MT
-    wav_BS = griffin_lim(mel_BMT, cfg)
-    return [wav_BS[b, : n * cfg.hop_length] for b, n in enumerate(n_frames)]

@@ -1,5 +1,4 @@
-"""Video: probe, decode at a fixed frame rate (by timestamps), write h264 + AAC, mux new audio in
-(PyAV / FFmpeg).
+"""Video: probe, decode at a fixed frame rate (by timestamps), write h264 + AAC, mux (PyAV / FFmpeg).
 
 Frames are RGB uint8, shape frames_THWC. Decoding follows presentation timestamps, never
 "frame index ÷ nominal fps": variable-frame-rate clips (phone footage, some fixtures) stay in sync.
@@ -155,35 +154,22 @@ def write_video(
         video.width, video.height, video.pix_fmt = width, height, "yuv420p"
         video.options = {"crf": str(crf), "preset": "veryfast", "threads": "1"}
         video.codec_context.flags |= av.codec.context.Flags.bitexact
-        audio = None if audio_S is None else _aac_stream(out, sample_rate)
+        audio = None
+        if audio_S is not None:
+            audio = out.add_stream("aac", rate=sample_rate, layout="mono")
+            audio.codec_context.flags |= av.codec.context.Flags.bitexact
         for image in frames_THWC:
             frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
             out.mux(video.encode(frame))
         out.mux(video.encode(None))
         if audio is not None:
-            _encode_audio(out, audio, audio_S, sample_rate)
+            samples = np.clip(np.asarray(audio_S, dtype=np.float32), -1, 1)[None, :]
+            frame = av.AudioFrame.from_ndarray(samples, format="flt", layout="mono")
+            frame.sample_rate = sample_rate
+            frame.pts = 0
+            out.mux(audio.encode(frame))
+            out.mux(audio.encode(None))
     os.replace(tmp, path)
-
-
-def _aac_stream(out: av.container.OutputContainer, sample_rate: int) -> av.audio.AudioStream:
-    audio = out.add_stream("aac", rate=sample_rate, layout="mono")
-    audio.codec_context.flags |= av.codec.context.Flags.bitexact
-    return audio
-
-
-def _encode_audio(
-    out: av.container.OutputContainer,
-    stream: av.audio.AudioStream,
-    audio_S: np.ndarray,
-    sample_rate: int,
-) -> None:
-    """Encode a whole mono signal from time 0 (PyAV cuts it into codec frames) and flush."""
-    samples = np.clip(np.asarray(audio_S, dtype=np.float32), -1, 1)[None, :]
-    frame = av.AudioFrame.from_ndarray(samples, format="flt", layout="mono")
-    frame.sample_rate = sample_rate
-    frame.pts = 0
-    out.mux(stream.encode(frame))
-    out.mux(stream.encode(None))
 
 
 # Dubbed tracks are AAC at 48 kHz, the rate of video production; AAC's frame of 1024 samples is
@@ -208,9 +194,7 @@ def mux_audio(
     else:
         speech_S = load_audio(speech, MUX_SAMPLE_RATE)
     with _open(video) as source:
-        if not source.streams.video:
-            raise VideoError(f"{video}: no video stream")
-        stream_in = source.streams.video[0]
+        stream_in = _video_stream(source, video)
         start = float(stream_in.start_time * stream_in.time_base) if stream_in.start_time else 0.0
         n_samples = round(_stated_seconds(source, stream_in) * MUX_SAMPLE_RATE)
         if n_samples:

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from l2s.audio import griffin_lim, griffin_lim_batch
+from l2s.audio import griffin_lim
+from l2s.config import AUDIO
 
 GRIFFIN_LIM = "griffin-lim"
 
@@ -28,8 +29,17 @@ class GriffinLim:
         return griffin_lim(mel_MF)
 
     def batch(self, mels: Sequence[np.ndarray]) -> list[np.ndarray]:
-        """Several mels in one padded run: about twice the throughput of one at a time per core."""
-        return griffin_lim_batch(list(mels))
+        """Several mels in one padded run: about twice the throughput of one at a time on a CPU
+        core. Padding is silence (the mel floor), and each waveform is cut to its own length."""
+        if not mels:
+            return []
+        longest = max(m.shape[1] for m in mels)
+        floor = np.log(AUDIO.log_floor)
+        mel_BMF = np.stack(
+            [np.pad(m, ((0, 0), (0, longest - m.shape[1])), constant_values=floor) for m in mels]
+        )
+        wav_BS = griffin_lim(mel_BMF)
+        return [wav_BS[i, : m.shape[1] * AUDIO.hop_length] for i, m in enumerate(mels)]
 
 
 @functools.cache  # one model per process, however many clips ask for it

@@ -199,7 +199,7 @@ def test_dub_copies_the_video_and_adds_speech_of_its_length(
         assert video_packets_digest(out) == video_packets_digest(source)
     # The audio track is the generated speech, not the clip's own (which is 44.1 kHz stereo).
     speech_S = load_audio(dubbed)
-    assert abs(len(speech_S) - round(video_s * AUDIO.sample_rate)) <= 1024
+    assert abs(len(speech_S) - round(video_s * AUDIO.sample_rate)) <= SAMPLES_PER_FRAME
 
 
 # --- bad input -----------------------------------------------------------------------------

@@ -176,7 +176,7 @@ def make_api(
         stream is copied, not re-encoded)."""
         data, wav_S, face_ratio = await speech_of(video, speaker)
         try:
-            dubbed = await asyncio.to_thread(_dub, data, Path(video.filename or "").suffix, wav_S)
+            dubbed = await asyncio.to_thread(_dub, data, video.filename or "upload", wav_S)
         except VideoError as e:
             raise HTTPException(415, str(e)) from None
         return Response(
@@ -186,11 +186,17 @@ def make_api(
     return api
 
 
-def _dub(data: bytes, suffix: str, wav_S: np.ndarray) -> bytes:
+def _dub(data: bytes, name: str, wav_S: np.ndarray) -> bytes:
+    """The upload with the speech muxed in (`video.mux_audio`, as `l2s dub` does it)."""
     with tempfile.TemporaryDirectory(prefix="l2s-dub-") as folder:
-        source, out = Path(folder) / f"in{suffix[:16]}", Path(folder) / "out.mp4"
+        source = Path(folder) / f"in{Path(name).suffix[:16]}"
+        speech, out = Path(folder) / "speech.wav", Path(folder) / "out.mp4"
         source.write_bytes(data)
-        mux_audio(source, wav_S, str(out))
+        speech.write_bytes(wav_bytes(wav_S))
+        try:
+            mux_audio(str(source), str(speech), str(out))
+        except VideoError as e:  # name the upload, not the temporary copy
+            raise VideoError(str(e).replace(str(source), name)) from e
         return out.read_bytes()
 
 

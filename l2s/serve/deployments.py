@@ -20,12 +20,12 @@ from collections import Counter
 import numpy as np
 from ray import serve
 
-from l2s.audio import griffin_lim_batch
 from l2s.face import load_detector
 from l2s.features import FeatureConfig, named_bytes
 from l2s.serve.config import Rejected, ServeConfig
 from l2s.speak import WINDOW, SpeakError, blend_windows, mouth_rois, voice, window_starts
 from l2s.video import VideoError, probe
+from l2s.vocoder import load_vocoder
 
 
 @serve.deployment(max_ongoing_requests=1)
@@ -71,6 +71,7 @@ class Synthesizer:
         from l2s.generate import Generator
 
         self.gen = Generator.load(cfg.checkpoint, "cuda" if torch.cuda.is_available() else "cpu")
+        self.vocoder = load_vocoder(None)
         for batched in (self.mels, self.vocode):
             batched.set_max_batch_size(cfg.max_batch_size)
             batched.set_batch_wait_timeout_s(cfg.batch_wait_s)
@@ -103,4 +104,4 @@ class Synthesizer:
     @serve.batch
     async def vocode(self, mels: list[np.ndarray]) -> list[np.ndarray]:
         self.batches["vocoder"][len(mels)] += 1
-        return await asyncio.to_thread(griffin_lim_batch, mels)
+        return await asyncio.to_thread(self.vocoder.batch, mels)
