@@ -22,12 +22,13 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from l2s.audio import griffin_lim, load_audio, write_wav
+from l2s.audio import load_audio, write_wav
 from l2s.config import AUDIO, MELS_PER_FRAME, VIDEO
 from l2s.face import FaceError, crop_mouth, detect_landmarks, load_detector
 from l2s.features import FeatureConfig, downscaled_frames
 from l2s.generate import Generator
 from l2s.video import VideoError, probe
+from l2s.vocoder import load_vocoder
 
 # Frames per face-tracking chunk, and frames each chunk shares with the previous one (so the
 # landmark smoothing has context on both sides of a boundary).
@@ -151,7 +152,9 @@ def speak(
     reference_audio: str | None = None,
     speaker: str | None = None,
     cfg: FeatureConfig | None = None,
+    vocoder: str | None = None,
 ) -> Spoken:
+    """`vocoder`: None / "griffin-lim", or a HiFi-GAN checkpoint or run (`l2s.vocoder`)."""
     start = time.perf_counter()
     cfg = cfg or FeatureConfig()
     try:
@@ -159,10 +162,11 @@ def speak(
     except VideoError as e:
         raise SpeakError(str(e)) from e
     gen = Generator.load(checkpoint)
+    vocode = load_vocoder(vocoder)
     speaker_D, described = voice(gen, reference_audio, speaker)
     roi_THW, face_ratio = mouth_rois(video, cfg)
     mel_MF = windowed_mel(gen, roi_THW, speaker_D)
-    wav_S = griffin_lim(mel_MF)
+    wav_S = vocode(mel_MF)
     write_wav(out, wav_S)
     return Spoken(
         wav=Path(out),
