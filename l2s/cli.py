@@ -212,13 +212,68 @@ def train(
         time_budget_min=time_budget,
         seed=seed,
     )
-    summary = run_training(cfg)
-    shown = ("val/post_l1", "val/stoi_gl", "val/estoi_gl", "train/samples_per_s")
-    scores = "  ".join(f"{k} {summary.metrics[k]:.3f}" for k in shown if k in summary.metrics)
-    console.print(
-        f"step {summary.step} ({summary.stopped}) after {summary.train_seconds / 60:.1f} min; "
-        f"{scores}\ncheckpoint {summary.checkpoint}"
+    _print_run(
+        run_training(cfg), ("val/post_l1", "val/stoi_gl", "val/estoi_gl", "train/samples_per_s")
     )
+
+
+@app.command("train-vocoder")
+def train_vocoder(
+    dataset: Annotated[
+        str, typer.Argument(help="Feature dataset directory; its manifest names the recordings.")
+    ],
+    out: Annotated[
+        str, typer.Option(help="Run directory (local or s3://); the same one resumes.")
+    ] = "out/runs/hifigan",
+    preset: Annotated[
+        str, typer.Option(help="HiFi-GAN size: tiny (CPU), v3 or v1 (GPUs).")
+    ] = "tiny",
+    nodes: Annotated[int, typer.Option(help="Nodes (with --gpus-per-node).")] = 1,
+    gpus_per_node: Annotated[int, typer.Option(help="GPUs per node (0: train on CPU).")] = 0,
+    workers: Annotated[int, typer.Option(help="CPU training workers (no GPUs).")] = 2,
+    steps: Annotated[int, typer.Option(help="Optimizer steps in all.")] = 100_000,
+    time_budget: Annotated[
+        float | None, typer.Option(help="Minutes of training in all (over resumes).")
+    ] = None,
+    batch_size: Annotated[int, typer.Option(help="Segments per worker and step.")] = 16,
+    segment_frames: Annotated[
+        int, typer.Option(help="Mel frames per segment (×160 samples).")
+    ] = 32,
+    lr: Annotated[float, typer.Option(help="Initial learning rate (AdamW β 0.8, 0.99).")] = 2e-4,
+    final_lr_ratio: Annotated[
+        float, typer.Option(help="The learning rate decays exponentially to lr × this.")
+    ] = 0.5,
+    gan_after: Annotated[
+        int, typer.Option(help="Generator-only steps (mel + STFT loss) before the GAN terms.")
+    ] = 0,
+    val_every: Annotated[int, typer.Option(help="Steps between validations.")] = 500,
+    ckpt_every: Annotated[int, typer.Option(help="Steps between checkpoints.")] = 1000,
+    seed: Annotated[int, typer.Option(help="Seed for weights and data order.")] = 0,
+) -> None:
+    """Train a HiFi-GAN vocoder on a dataset's ground-truth mels and recordings (Ray Train);
+    rerun to resume. Validation prints PESQ-WB / STOI beside Griffin-Lim's on the same mels."""
+    from l2s.train.vocoder import VocoderTrainConfig
+    from l2s.train.vocoder import train_vocoder as run_training
+
+    cfg = VocoderTrainConfig(
+        dataset=dataset,
+        out=out,
+        preset=preset,
+        steps=steps,
+        batch_size=batch_size,
+        segment_frames=segment_frames,
+        lr=lr,
+        final_lr_ratio=final_lr_ratio,
+        gan_after=gan_after,
+        val_every=val_every,
+        ckpt_every=ckpt_every,
+        nodes=nodes,
+        gpus_per_node=gpus_per_node,
+        workers=workers,
+        time_budget_min=time_budget,
+        seed=seed,
+    )
+    _print_run(run_training(cfg), ("val/pesq_wb", "val/stoi", "val/pesq_wb_gl", "val/stoi_gl"))
 
 
 @app.command()
@@ -297,10 +352,12 @@ def speak(
     ] = None,
     speaker: Annotated[str | None, typer.Option(help="A speaker the model was trained on.")] = None,
     vocoder: Annotated[
-        str | None, typer.Option(help="griffin-lim or a HiFi-GAN run (default: griffin-lim).")
+        str | None,
+        typer.Option(help="griffin-lim, or a HiFi-GAN run (l2s train-vocoder) or checkpoint."),
     ] = None,
 ) -> None:
-    """Speak for one video: mouth ROIs → mel → waveform, any frame rate or length."""
+    """Speak for one video: mouth ROIs → mel → waveform (Griffin-Lim or HiFi-GAN), any frame rate
+    or length."""
     from l2s.speak import SpeakError
     from l2s.speak import speak as run_speak
 
@@ -389,6 +446,15 @@ def serve(
     stop.wait()
     console.print("stopping")
     ray_serve.shutdown()
+
+
+def _print_run(summary, shown: tuple[str, ...]) -> None:
+    """Where a training run stopped, the `shown` metrics of its last report, its checkpoint."""
+    scores = "  ".join(f"{k} {summary.metrics[k]:.3f}" for k in shown if k in summary.metrics)
+    console.print(
+        f"step {summary.step} ({summary.stopped}) after {summary.train_seconds / 60:.1f} min; "
+        f"{scores}\ncheckpoint {summary.checkpoint}"
+    )
 
 
 def summarize_corpus(root: Path) -> None:

@@ -176,6 +176,7 @@ def speak(
     cfg: FeatureConfig | None = None,
     vocoder: str | None = None,
 ) -> Spoken:
+    """`vocoder`: None / "griffin-lim", or a HiFi-GAN checkpoint or run (`l2s.vocoder`)."""
     start = time.perf_counter()
     _check_video(video)  # a bad file is refused before the model loads
     gen = Generator.load(checkpoint)

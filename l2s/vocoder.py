@@ -1,29 +1,43 @@
-"""Log-mel → waveform: the one place that picks a vocoder by name.
+"""Vocoders: the one place that turns a log-mel (THE mel of `l2s.audio`) into a waveform.
 
-    vocode = load_vocoder(None)          # Griffin-Lim (no weights; the default everywhere)
-    wav_S = vocode(mel_MF)               # float32, exactly F · hop samples
+    vocode = load_vocoder(None)                    # Griffin-Lim (no training)
+    vocode = load_vocoder("out/runs/hifigan")      # a HiFi-GAN run (its latest checkpoint) or one
+    wav_S = vocode(mel_MF)                         # float32, exactly F · 160 samples
 
-Generation, scoring (the ground-truth-mel baseline goes through the same vocoder as the model's
-mel) and `l2s speak` all take a vocoder spec and resolve it here.
+Generation, scoring and `l2s speak` take a `--vocoder` spec and call `load_vocoder` (cached: one
+model per process). A vocoder's `name` is itself a spec, so generated records name theirs and
+scoring sends the ground-truth mel through the same one. A HiFi-GAN checkpoint loads without Ray
+(weight norm folded away for inference).
+
+Letters in shape names: B batch, M mel bands, F mel frames, S samples.
 """
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
+import torch
 
 from l2s.audio import griffin_lim
 from l2s.config import AUDIO
 
 GRIFFIN_LIM = "griffin-lim"
+HIFIGAN_PREFIX = "hifigan:"
 
 
-@dataclass(frozen=True)
+class Vocoder(Protocol):
+    name: str
+
+    def __call__(self, mel_MF: np.ndarray) -> np.ndarray: ...
+
+
 class GriffinLim:
-    name: str = GRIFFIN_LIM
+    """Fast Griffin-Lim through the mel filterbank's pseudo-inverse (`l2s.audio.griffin_lim`)."""
+
+    name = GRIFFIN_LIM
 
     def __call__(self, mel_MF: np.ndarray) -> np.ndarray:
         return griffin_lim(mel_MF)
@@ -42,9 +56,33 @@ class GriffinLim:
         return [wav_BS[i, : m.shape[1] * AUDIO.hop_length] for i, m in enumerate(mels)]
 
 
+class HiFiGAN:
+    """A trained HiFi-GAN generator (eval mode, weight norm removed)."""
+
+    def __init__(self, checkpoint: str, device: str | torch.device = "cpu") -> None:
+        from l2s.models.hifigan import Generator, HiFiGANConfig
+        from l2s.train.checkpoint import VOCODER_FILE, read_model, resolve
+
+        self.checkpoint = resolve(checkpoint, VOCODER_FILE)
+        saved = read_model(self.checkpoint, VOCODER_FILE)
+        self.config = HiFiGANConfig.from_dict(saved["model_config"])
+        self.step = int(saved["progress"]["step"])
+        generator = Generator(self.config)
+        generator.load_state_dict(saved["generator"])
+        self.generator = generator.remove_weight_norm().to(device).eval()
+        self.device = torch.device(device)
+        self.name = f"{HIFIGAN_PREFIX}{self.checkpoint}"
+
+    @torch.inference_mode()
+    def __call__(self, mel_MF: np.ndarray) -> np.ndarray:
+        mel_BMF = torch.as_tensor(np.asarray(mel_MF, np.float32))[None].to(self.device)
+        return self.generator(mel_BMF)[0].float().cpu().numpy()
+
+
 @functools.cache  # one model per process, however many clips ask for it
-def load_vocoder(spec: str | None) -> GriffinLim:
-    """`None` or "griffin-lim" → Griffin-Lim."""
-    if spec in (None, GRIFFIN_LIM):
+def load_vocoder(spec: str | None, device: str = "cpu") -> Vocoder:
+    """None or "griffin-lim" → Griffin-Lim; anything else names a HiFi-GAN checkpoint or run
+    directory (local or s3://), optionally as "hifigan:<uri>" (a vocoder's own `name`)."""
+    if spec is None or spec == GRIFFIN_LIM:
         return GriffinLim()
-    raise ValueError(f"unknown vocoder {spec!r} (expected {GRIFFIN_LIM!r})")
+    return HiFiGAN(spec.removeprefix(HIFIGAN_PREFIX), device)

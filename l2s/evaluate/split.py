@@ -193,9 +193,13 @@ def summarize(rows: list[dict]) -> dict[tuple[str, str], dict[str, tuple[float, 
     return summary
 
 
-def print_summary(rows: list[dict], console: Console | None = None) -> None:
+def print_summary(
+    rows: list[dict],
+    console: Console | None = None,
+    title: str = "scores (Griffin-Lim; mean ± 95 % interval)",
+) -> None:
     summary = summarize(rows)
-    table = Table(title="scores (Griffin-Lim; mean ± 95 % interval)")
+    table = Table(title=title)
     table.add_column("split", no_wrap=True)
     table.add_column("system", no_wrap=True)
     table.add_column("clips", justify="right")

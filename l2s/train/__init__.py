@@ -18,7 +18,7 @@ import contextlib
 import os
 import posixpath
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from l2s import storage
@@ -42,7 +42,9 @@ class TrainSummary:
     history: list[dict] = field(default_factory=list)
 
 
-def _worker_resources(cfg: TrainConfig) -> tuple[dict[str, float], int]:
+def worker_resources(
+    num_workers: int, use_gpu: bool, cpus_per_worker: float | None = None
+) -> tuple[dict[str, float], int]:
     """What each worker asks Ray for, and its torch thread count on CPU.
 
     Workers get fractional CPUs that leave a quarter of the cluster (at least one CPU) to the
@@ -52,23 +54,48 @@ def _worker_resources(cfg: TrainConfig) -> tuple[dict[str, float], int]:
     import ray
 
     total = float(ray.cluster_resources().get("CPU", 1.0))
-    per_worker = cfg.cpus_per_worker or max(0.25, (total - max(1.0, total / 4)) / cfg.num_workers)
+    per_worker = cpus_per_worker or max(0.25, (total - max(1.0, total / 4)) / num_workers)
     resources = {"CPU": per_worker}
-    if cfg.use_gpu:
+    if use_gpu:
         resources["GPU"] = 1.0
         gpus = ray.cluster_resources().get("GPU", 0.0)
-        if gpus < cfg.num_workers:
-            print(f"[l2s.train] waiting for {cfg.num_workers} GPUs; the cluster has {gpus:g} now")
+        if gpus < num_workers:
+            print(f"[l2s.train] waiting for {num_workers} GPUs; the cluster has {gpus:g} now")
     # Threads follow the cores, not the reservation: the readers mostly wait on I/O.
-    return resources, max(1, int(total // cfg.num_workers))
+    return resources, max(1, int(total // num_workers))
+
+
+def run_config(run: str, max_failures: int, keep_checkpoints: int, callbacks: Sequence = ()):
+    """Ray Train's RunConfig for a run directory (local or s3://): its name and storage path are
+    what a rerun finds it by, so the same `run` resumes."""
+    import ray.train
+
+    from l2s.pipeline.runtime import worker_env
+
+    if storage.is_local(run):
+        storage_path, storage_fs = os.path.dirname(run), None
+    else:
+        storage_fs, path = storage.arrow_filesystem(run)
+        storage_path = posixpath.dirname(path)
+    env = {"OMP_WAIT_POLICY": "PASSIVE", **worker_env().get("runtime_env", {}).get("env_vars", {})}
+    return ray.train.RunConfig(
+        name=posixpath.basename(run),
+        storage_path=storage_path,
+        storage_filesystem=storage_fs,
+        failure_config=ray.train.FailureConfig(max_failures=max_failures),
+        checkpoint_config=ray.train.CheckpointConfig(num_to_keep=keep_checkpoints),
+        worker_runtime_env={"env_vars": env},
+        callbacks=list(callbacks),
+    )
 
 
 @contextlib.contextmanager
-def _echo_reports(run: str, steps: int, every_s: float = 5.0):
+def echo_reports(
+    run: str, steps: int, summary_line: Callable[[dict], str], prefix: str, every_s: float = 5.0
+):
     """Print each report rank 0 appends to metrics.jsonl while training runs: the workers' own
     output stays in Ray's logs (their Ray Data progress bars would drown it)."""
     from l2s.train.logs import read_metrics
-    from l2s.train.loop import summary_line
 
     done = threading.Event()
 
@@ -80,7 +107,7 @@ def _echo_reports(run: str, steps: int, every_s: float = 5.0):
             except (OSError, ValueError):  # mid-write, or storage briefly unreachable
                 continue
             for metrics in history[seen:]:
-                print(f"[l2s.train] {metrics['step']}/{steps}  {summary_line(metrics)}", flush=True)
+                print(f"[{prefix}] {metrics['step']}/{steps}  {summary_line(metrics)}", flush=True)
             seen = max(seen, len(history)) if history else 0
 
     thread = threading.Thread(target=echo, name="l2s-train-echo", daemon=True)
@@ -101,11 +128,11 @@ def train(cfg: TrainConfig, *, callbacks: Sequence = ()) -> TrainSummary:
     from ray.train.torch import TorchTrainer
 
     from l2s.models.lip2speech import Lip2Speech, count_parameters
-    from l2s.pipeline.runtime import connect, worker_env
+    from l2s.pipeline.runtime import connect
     from l2s.train.checkpoint import latest_checkpoint, read_config
     from l2s.train.data import DatasetError, index_dataset, read_split
     from l2s.train.logs import read_metrics
-    from l2s.train.loop import train_loop
+    from l2s.train.loop import summary_line, train_loop
 
     connect()
     index = index_dataset(cfg.dataset, cfg.val_utterances, cfg.n_val_audio, cfg.seed)
@@ -116,7 +143,7 @@ def train(cfg: TrainConfig, *, callbacks: Sequence = ()) -> TrainSummary:
         )
     with torch.device("meta"):
         parameters = count_parameters(Lip2Speech(cfg.model_config))
-    resources, threads = _worker_resources(cfg)
+    resources, threads = worker_resources(cfg.num_workers, cfg.use_gpu, cfg.cpus_per_worker)
     print(
         f"[l2s.train] {cfg.preset}: {parameters:,} parameters; {cfg.num_workers} {cfg.strategy} "
         f"worker(s) × {resources}; data {index.counts}; val subset {len(index.val_ids)} clips"
@@ -126,12 +153,6 @@ def train(cfg: TrainConfig, *, callbacks: Sequence = ()) -> TrainSummary:
     if index.val_ids:
         datasets["val"] = read_split(index, "val", shuffle_files=False)
     run = storage.normalize(cfg.out)
-    if storage.is_local(run):
-        storage_path, storage_fs = os.path.dirname(run), None
-    else:
-        storage_fs, path = storage.arrow_filesystem(run)
-        storage_path = posixpath.dirname(path)
-    env = {"OMP_WAIT_POLICY": "PASSIVE", **worker_env().get("runtime_env", {}).get("env_vars", {})}
     trainer = TorchTrainer(
         train_loop,
         train_loop_config={
@@ -147,20 +168,12 @@ def train(cfg: TrainConfig, *, callbacks: Sequence = ()) -> TrainSummary:
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, resources_per_worker=resources
         ),
-        run_config=ray.train.RunConfig(
-            name=posixpath.basename(run),
-            storage_path=storage_path,
-            storage_filesystem=storage_fs,
-            failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
-            worker_runtime_env={"env_vars": env},
-            callbacks=list(callbacks),
-        ),
+        run_config=run_config(run, cfg.max_failures, cfg.keep_checkpoints, callbacks),
         datasets=datasets,
         # The val split is not sharded: every worker picks its share of the fixed val subset.
         dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
     )
-    with _echo_reports(run, cfg.steps):
+    with echo_reports(run, cfg.steps, summary_line, "l2s.train"):
         trainer.fit()
 
     latest = latest_checkpoint(run)

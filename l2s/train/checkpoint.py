@@ -25,6 +25,9 @@ from l2s.train.config import TrainConfig
 from l2s.train.speakers import SpeakerTable
 
 MODEL_FILE = "model.pt"
+VOCODER_FILE = (
+    "vocoder.pt"  # a HiFi-GAN run's checkpoints hold this instead (train/vocoder_loop.py)
+)
 CONFIG_FILE = "config.json"
 TRAIN_STATE_FILE = "train_state.pt"
 DEEPSPEED_DIR = "deepspeed"
@@ -70,9 +73,10 @@ def write_model(
     (folder / CONFIG_FILE).write_text(json.dumps({**configs, "metrics": metrics}, indent=2))
 
 
-def read_model(folder: str | Path) -> dict:
-    """The checkpoint dict of a local checkpoint folder or a checkpoint URI."""
-    uri = storage.join(str(folder), MODEL_FILE)
+def read_model(folder: str | Path, file: str = MODEL_FILE) -> dict:
+    """The checkpoint dict of a local checkpoint folder or a checkpoint URI (`file`: vocoder runs
+    keep theirs in another file)."""
+    uri = storage.join(str(folder), file)
     # weights_only: the file holds tensors and plain containers only, so nothing executes on load.
     return torch.load(io.BytesIO(storage.read_bytes(uri)), map_location="cpu", weights_only=True)
 
@@ -82,8 +86,8 @@ def read_config(checkpoint: str) -> dict:
     return json.loads(storage.read_bytes(storage.join(checkpoint, CONFIG_FILE)))
 
 
-def latest_checkpoint(run: str) -> str | None:
-    """The URI of the newest complete checkpoint in a run directory, or None."""
+def latest_checkpoint(run: str, file: str = MODEL_FILE) -> str | None:
+    """The URI of the newest complete checkpoint (one holding `file`) in a run directory, or None."""
     fs, path = storage.filesystem(run)
     if not fs.exists(path):
         return None
@@ -94,16 +98,16 @@ def latest_checkpoint(run: str) -> str | None:
     )
     for name in reversed(names):
         uri = storage.join(storage.normalize(run), name)
-        if storage.exists(storage.join(uri, MODEL_FILE)):
+        if storage.exists(storage.join(uri, file)):
             return uri
     return None
 
 
-def resolve(uri: str) -> str:
+def resolve(uri: str, file: str = MODEL_FILE) -> str:
     """A checkpoint URI as given, or the latest checkpoint of a run directory."""
-    if storage.exists(storage.join(uri, MODEL_FILE)):
+    if storage.exists(storage.join(uri, file)):
         return storage.normalize(uri)
-    latest = latest_checkpoint(uri)
+    latest = latest_checkpoint(uri, file)
     if latest is None:
         raise FileNotFoundError(f"{uri}: neither a checkpoint nor a run directory with one")
     return latest

@@ -18,8 +18,63 @@ Strategy = Literal["ddp", "deepspeed"]
 Precision = Literal["auto", "fp32", "bf16"]
 
 
+class RunBase:
+    """What the lip-to-speech and the vocoder training configs share: a dataset, a run directory,
+    a preset, where the run trains and for how long (the fields are declared by each config)."""
+
+    dataset: str
+    out: str
+    preset: str
+    gpus_per_node: int
+    nodes: int
+    workers: int
+    cpus_per_worker: float | None
+    time_budget_min: float | None
+    max_failures: int
+
+    def check_run(self, presets: dict, at_least_one: tuple[str, ...]) -> None:
+        """Validate the shared fields, and that each field named in `at_least_one` is >= 1."""
+        if not self.dataset or not self.out:
+            raise ValueError("dataset and out must both be given")
+        if self.preset not in presets:
+            raise ValueError(f"unknown preset {self.preset!r} (expected one of {sorted(presets)})")
+        small = [name for name in (*at_least_one, "nodes", "workers") if getattr(self, name) < 1]
+        if small:
+            raise ValueError(f"these must be at least 1: {small}")
+        if self.gpus_per_node < 0:
+            raise ValueError(f"gpus_per_node must be >= 0, got {self.gpus_per_node}")
+        if self.cpus_per_worker is not None and not self.cpus_per_worker > 0:
+            raise ValueError(f"cpus_per_worker must be > 0, got {self.cpus_per_worker}")
+        if self.time_budget_min is not None and not self.time_budget_min > 0:
+            raise ValueError(f"time_budget_min must be > 0, got {self.time_budget_min}")
+        if self.max_failures < -1:
+            raise ValueError(
+                f"max_failures must be >= -1 (-1: retry forever), got {self.max_failures}"
+            )
+
+    @property
+    def use_gpu(self) -> bool:
+        return self.gpus_per_node > 0
+
+    @property
+    def num_workers(self) -> int:
+        return self.nodes * self.gpus_per_node if self.use_gpu else self.workers
+
+    @property
+    def time_budget_s(self) -> float:
+        return math.inf if self.time_budget_min is None else 60.0 * self.time_budget_min
+
+
+def known_fields(cls: type, values: dict) -> dict:
+    """A copy of `values` after checking that every key is a field of the dataclass `cls`."""
+    unknown = sorted(set(values) - {f.name for f in fields(cls)})
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} fields: {unknown}")
+    return dict(values)
+
+
 @dataclass(frozen=True, kw_only=True)
-class TrainConfig:
+class TrainConfig(RunBase):
     """One training run. Defaults suit the `tiny` preset on a 2-core CPU; see `l2s train --help`."""
 
     dataset: (
@@ -70,17 +125,11 @@ class TrainConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if not self.dataset or not self.out:
-            raise ValueError("dataset and out must both be given")
-        if self.preset not in PRESETS:
-            raise ValueError(f"unknown preset {self.preset!r} (expected one of {sorted(PRESETS)})")
-        at_least_one = (
-            "steps", "batch_size", "max_clip_frames", "val_every", "ckpt_every", "log_every",
-            "keep_checkpoints", "nodes", "workers",
+        self.check_run(
+            PRESETS,
+            ("steps", "batch_size", "max_clip_frames", "val_every", "ckpt_every", "log_every",
+             "keep_checkpoints"),
         )  # fmt: skip
-        small = [name for name in at_least_one if getattr(self, name) < 1]
-        if small:
-            raise ValueError(f"these must be at least 1: {small}")
         if self.max_frames is not None and self.max_frames < self.max_clip_frames:
             raise ValueError(
                 f"max_frames {self.max_frames} must hold one whole clip (max_clip_frames "
@@ -104,16 +153,6 @@ class TrainConfig:
             raise ValueError(f"zero_stage must be 0, 1, 2 or 3, got {self.zero_stage}")
         if self.precision not in ("auto", "fp32", "bf16"):
             raise ValueError(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
-        if self.gpus_per_node < 0:
-            raise ValueError(f"gpus_per_node must be >= 0, got {self.gpus_per_node}")
-        if self.cpus_per_worker is not None and not self.cpus_per_worker > 0:
-            raise ValueError(f"cpus_per_worker must be > 0, got {self.cpus_per_worker}")
-        if self.time_budget_min is not None and not self.time_budget_min > 0:
-            raise ValueError(f"time_budget_min must be > 0, got {self.time_budget_min}")
-        if self.max_failures < -1:
-            raise ValueError(
-                f"max_failures must be >= -1 (-1: retry forever), got {self.max_failures}"
-            )
         if self.model_config.n_mels != AUDIO.n_mels:
             raise ValueError(
                 f"model n_mels {self.model_config.n_mels} != {AUDIO.n_mels} (the mel contract)"
@@ -124,20 +163,8 @@ class TrainConfig:
         return self.model if self.model is not None else PRESETS[self.preset]()
 
     @property
-    def use_gpu(self) -> bool:
-        return self.gpus_per_node > 0
-
-    @property
-    def num_workers(self) -> int:
-        return self.nodes * self.gpus_per_node if self.use_gpu else self.workers
-
-    @property
     def bf16(self) -> bool:
         return self.precision == "bf16" or (self.precision == "auto" and self.use_gpu)
-
-    @property
-    def time_budget_s(self) -> float:
-        return math.inf if self.time_budget_min is None else 60.0 * self.time_budget_min
 
     def to_dict(self) -> dict:
         """JSON-ready; `model` is written out in full (the preset's sizes when it was None)."""
@@ -148,11 +175,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, values: dict) -> TrainConfig:
         """Inverse of `to_dict`, also after a JSON round trip; unknown keys are an error."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown TrainConfig fields: {unknown}")
-        values = dict(values)
+        values = known_fields(cls, values)
         if values.get("model") is not None:
             values["model"] = ModelConfig.from_dict(values["model"])
         if values.get("loss") is not None:

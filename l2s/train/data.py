@@ -83,7 +83,14 @@ def feature_files(uri: str) -> list[str]:
     return files
 
 
-def _check_metadata(uri: str) -> dict:
+def arrow_dataset(files: Sequence[str]) -> pads.Dataset:
+    """Feature shards (URIs on one filesystem) as one pyarrow dataset, for column reads."""
+    fs, _ = storage.arrow_filesystem(files[0])
+    return pads.dataset([storage.arrow_filesystem(f)[1] for f in files], filesystem=fs)
+
+
+def check_metadata(uri: str) -> dict:
+    """A feature dataset's metadata, after checking its schema version and mel parameters."""
     metadata_uri = storage.join(storage.normalize(uri), shards.METADATA)
     if not storage.exists(metadata_uri):
         raise DatasetError(f"{uri}: no {shards.METADATA}; cannot tell how its features were made")
@@ -98,7 +105,7 @@ def _check_metadata(uri: str) -> dict:
     return metadata
 
 
-def _select_val(ids_N: Sequence[str], speakers_N: Sequence[str], limit: int, n_audio: int):
+def select_val(ids_N: Sequence[str], speakers_N: Sequence[str], limit: int, n_audio: int):
     """A fixed subset of `limit` val clips (by a hash of the id, so it does not depend on file
     order), and `n_audio` of them taken round-robin over speakers for the audio scores."""
     order = sorted(range(len(ids_N)), key=lambda n: (zlib.crc32(ids_N[n].encode()), ids_N[n]))
@@ -117,11 +124,9 @@ def _select_val(ids_N: Sequence[str], speakers_N: Sequence[str], limit: int, n_a
 
 def index_dataset(uri: str, val_utterances: int, n_val_audio: int, seed: int = 0) -> DatasetIndex:
     """Read the small columns of a feature dataset: counts, speaker table/bank, val subset."""
-    metadata = _check_metadata(uri)
+    metadata = check_metadata(uri)
     files = feature_files(uri)
-    fs, _ = storage.arrow_filesystem(files[0])
-    paths = [storage.arrow_filesystem(f)[1] for f in files]
-    dataset = pads.dataset(paths, filesystem=fs, format="parquet")
+    dataset = arrow_dataset(files)
     rows = dataset.to_table(columns=["id", "speaker", "split"])
     counts = {str(k): int(v) for k, v in zip(*_value_counts(rows["split"]), strict=True)}
     if not counts.get("train"):
@@ -141,7 +146,7 @@ def index_dataset(uri: str, val_utterances: int, n_val_audio: int, seed: int = 0
     )
     mel_mean_M, mel_std_M = _mel_stats(dataset, train_ids, seed)
     val = rows.filter(pc.equal(rows["split"], "val"))
-    val_ids, audio_ids = _select_val(
+    val_ids, audio_ids = select_val(
         val["id"].to_pylist(), val["speaker"].to_pylist(), val_utterances, n_val_audio
     )
     return DatasetIndex(

@@ -50,6 +50,14 @@ class RunLog:
         for name, value in values.items():
             self.writer.add_scalar(f"{prefix}/{name}", value, step)
 
+    def report_scalars(self, step: int, metrics: dict) -> None:
+        """The `train/…` and `val/…` entries of a report as TensorBoard scalars."""
+        for prefix in ("train", "val"):
+            values = {
+                k.split("/", 1)[1]: v for k, v in metrics.items() if k.startswith(prefix + "/")
+            }
+            self.scalars(step, values, prefix)
+
     def mel(self, step: int, tag: str, predicted_MF: np.ndarray, target_MF: np.ndarray) -> None:
         import matplotlib
 

@@ -372,11 +372,7 @@ def report(
         if folder is not None:
             save_checkpoint(w, progress, metrics, folder)
         if w.log is not None:
-            for prefix in ("train", "val"):
-                values = {
-                    k.split("/", 1)[1]: v for k, v in metrics.items() if k.startswith(prefix + "/")
-                }
-                w.log.scalars(progress.step, values, prefix)
+            w.log.report_scalars(progress.step, metrics)
             for example in examples[:1]:
                 w.log.mel(
                     progress.step, f"val_mel/{example.id}", example.predicted_MF, example.target_MF

@@ -1,0 +1,181 @@
+"""HiFi-GAN vocoder training on Ray Train: `train_vocoder(VocoderTrainConfig)` runs (or resumes) a
+run; `l2s.vocoder.load_vocoder(run)` turns its latest checkpoint into a mel → waveform function.
+
+    from l2s.train.vocoder import VocoderTrainConfig, train_vocoder
+    summary = train_vocoder(VocoderTrainConfig(dataset="out/features", out="out/runs/hifigan"))
+
+The run learns from a feature dataset's ground-truth mels and the recordings they were computed
+from (`vocoder_data`); each worker runs `vocoder_loop.vocoder_loop` (DDP: gloo on CPU, NCCL on GPU).
+The same `out` resumes from its latest checkpoint, as `l2s train` does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from l2s import storage
+from l2s.models.hifigan import PRESETS, HiFiGANConfig
+from l2s.train.config import RunBase, known_fields
+
+
+@dataclass(frozen=True, kw_only=True)
+class VocoderTrainConfig(RunBase):
+    """One vocoder training run. Defaults suit the `tiny` preset on a 2-core CPU."""
+
+    dataset: str  # feature dataset directory; its manifest must still point at the videos
+    out: str  # run directory, local or s3://: checkpoints, TensorBoard logs, metrics.jsonl
+    preset: str = "tiny"
+    model: HiFiGANConfig | None = None  # None: the preset's sizes
+
+    steps: int = 100_000
+    batch_size: int = 16  # segments per worker and step
+    segment_frames: int = 32  # mel frames per segment (× 160 samples)
+    # AdamW as the paper (β 0.8, 0.99), for generator and discriminators alike. The learning rate
+    # decays exponentially from `lr` to `lr · final_lr_ratio` over the budget: the step budget, or
+    # the time budget when that runs out first.
+    lr: float = 2e-4
+    final_lr_ratio: float = 0.5
+    weight_decay: float = 0.01
+    # Steps of generator-only training (mel + multi-resolution STFT loss) before the
+    # discriminators switch on: the mel term dominates early learning, and a step without the
+    # discriminators costs a fraction of a GAN step. 0: GAN from the first step, as the paper.
+    gan_after: int = 0
+    mel_weight: float = 45.0
+    stft_weight: float = 0.0  # multi-resolution STFT loss weight in the GAN phase (paper: none)
+    warmup_stft_weight: float = 45.0  # and in the warm-up: as much as the mel term
+
+    val_every: int = 500
+    ckpt_every: int = 1000
+    n_val: int = 4  # val clips vocoded and scored (PESQ-WB, STOI) against their recordings
+    log_every: int = 10
+    keep_checkpoints: int = 3
+
+    gpus_per_node: int = 0  # 0: train on CPU with `workers` workers
+    nodes: int = 1
+    workers: int = 2
+    cpus_per_worker: float | None = None
+    time_budget_min: float | None = None  # total training time over all attempts of this run
+    max_failures: int = 1
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        self.check_run(
+            PRESETS,
+            ("steps", "batch_size", "segment_frames", "val_every", "ckpt_every", "log_every",
+             "keep_checkpoints"),
+        )  # fmt: skip
+        if not self.lr > 0 or not 0 < self.final_lr_ratio <= 1:
+            raise ValueError(f"need lr > 0 and 0 < final_lr_ratio <= 1, got {self.final_lr_ratio}")
+        negative = [
+            n
+            for n in ("gan_after", "mel_weight", "stft_weight", "warmup_stft_weight", "n_val")
+            if getattr(self, n) < 0
+        ]
+        if negative or self.weight_decay < 0:
+            raise ValueError(f"these must be non-negative: {negative or ['weight_decay']}")
+
+    @property
+    def model_config(self) -> HiFiGANConfig:
+        return self.model if self.model is not None else PRESETS[self.preset]()
+
+    def to_dict(self) -> dict:
+        values = asdict(self)
+        values["model"] = self.model_config.to_dict()
+        return values
+
+    @classmethod
+    def from_dict(cls, values: dict) -> VocoderTrainConfig:
+        values = known_fields(cls, values)
+        if values.get("model") is not None:
+            values["model"] = HiFiGANConfig.from_dict(values["model"])
+        return cls(**values)
+
+
+def learning_rate(step: int, cfg: VocoderTrainConfig, time_fraction: float = 0.0) -> float:
+    """`lr · final_lr_ratio ** progress`, progress the larger of the step and time fractions."""
+    progress = min(1.0, max(step / cfg.steps, time_fraction))
+    return cfg.lr * cfg.final_lr_ratio**progress
+
+
+@dataclass(frozen=True)
+class VocoderSummary:
+    run: str
+    checkpoint: str | None
+    step: int
+    stopped: str  # "steps" or "time budget"
+    train_seconds: float
+    metrics: dict = field(default_factory=dict)  # the last report
+    history: list[dict] = field(default_factory=list)
+
+
+def summary_line(metrics: dict) -> str:
+    keys = (
+        "train/mel_l1", "train/steps_per_s", "val/mel_l1", "val/pesq_wb", "val/stoi",
+        "val/pesq_wb_gl", "val/stoi_gl",
+    )  # fmt: skip
+    return "  ".join(f"{k} {metrics[k]:.4g}" for k in keys if k in metrics)
+
+
+def train_vocoder(cfg: VocoderTrainConfig) -> VocoderSummary:
+    """Train (or resume) the vocoder run `cfg.out` on the current Ray cluster (a local one when
+    none is attached); return when it is done."""
+    import ray.train
+    import torch
+    from ray.train.torch import TorchTrainer
+
+    from l2s.audio import griffin_lim
+    from l2s.models.hifigan import Discriminators, Generator, count_parameters
+    from l2s.pipeline.runtime import connect
+    from l2s.train import echo_reports, run_config, worker_resources
+    from l2s.train.checkpoint import VOCODER_FILE, latest_checkpoint, read_config
+    from l2s.train.logs import read_metrics
+    from l2s.train.vocoder_data import index_vocoder_dataset, read_train_audio, read_val_clips
+    from l2s.train.vocoder_loop import score_clips, vocoder_loop
+
+    connect()
+    index = index_vocoder_dataset(cfg.dataset, cfg.n_val)
+    with torch.device("meta"):
+        generator = count_parameters(Generator(cfg.model_config))
+        discriminators = count_parameters(Discriminators(cfg.model_config))
+    resources, threads = worker_resources(cfg.num_workers, cfg.use_gpu, cfg.cpus_per_worker)
+    print(
+        f"[l2s.vocoder] {cfg.preset}: generator {generator:,} parameters, discriminators "
+        f"{discriminators:,}; {cfg.num_workers} worker(s) × {resources}; data {index.counts}"
+    )
+    # The baseline every validation prints beside the vocoder: Griffin-Lim of the same mels.
+    val_clips = read_val_clips(index)
+    baseline = score_clips(griffin_lim, val_clips)
+    baseline = {f"val/{k}_gl": v for k, v in baseline.items() if k != "skipped"}
+
+    run = storage.normalize(cfg.out)
+    trainer = TorchTrainer(
+        vocoder_loop,
+        train_loop_config={
+            "train": cfg.to_dict(),
+            "val_clips": val_clips,
+            "baseline": baseline,
+            "dataset_metadata": index.metadata,
+            "threads": threads,
+        },
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, resources_per_worker=resources
+        ),
+        run_config=run_config(run, cfg.max_failures, cfg.keep_checkpoints),
+        datasets={"train": read_train_audio(index)},
+    )
+    with echo_reports(run, cfg.steps, summary_line, "l2s.vocoder"):
+        trainer.fit()
+
+    latest = latest_checkpoint(run, VOCODER_FILE)
+    progress = read_config(latest)["progress"] if latest else {"step": 0, "train_seconds": 0.0}
+    history = read_metrics(run)
+    step = int(progress["step"])
+    return VocoderSummary(
+        run=run,
+        checkpoint=latest,
+        step=step,
+        stopped="steps" if step >= cfg.steps else "time budget",
+        train_seconds=float(progress["train_seconds"]),
+        metrics=history[-1] if history else {},
+        history=history,
+    )
