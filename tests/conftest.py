@@ -126,3 +126,18 @@ def checkpoint(synth_features: str, tmp_path_factory: pytest.TempPathFactory) ->
     from l2s.train import initial_checkpoint
 
     return initial_checkpoint(synth_features, str(tmp_path_factory.mktemp("run")))
+
+
+def remux_faststart(src: Path, dst: Path) -> None:
+    """(A helper for tests: `from conftest import remux_faststart`.) Same packets, index (moov) moved to the front: a cut copy still opens, then fails."""
+    import av
+
+    with (
+        av.open(str(src)) as inp,
+        av.open(str(dst), "w", options={"movflags": "+faststart"}) as out,
+    ):
+        streams = {s.index: out.add_stream_from_template(s) for s in inp.streams}
+        for packet in inp.demux():
+            if packet.dts is not None:
+                packet.stream = streams[packet.stream.index]
+                out.mux(packet)

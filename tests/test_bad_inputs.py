@@ -27,6 +27,7 @@ import av
 import cv2
 import numpy as np
 import pytest
+from conftest import remux_faststart
 
 from l2s.audio import load_audio
 from l2s.config import AUDIO, VIDEO
@@ -128,19 +129,6 @@ def encode_audio(out: av.container.OutputContainer, stream, audio_S: np.ndarray)
     frame.sample_rate, frame.pts = SR, 0
     out.mux(stream.encode(frame))
     out.mux(stream.encode(None))
-
-
-def remux_faststart(src: Path, dst: Path) -> None:
-    """Same packets, index (moov) moved to the front: a cut copy still opens, then fails."""
-    with (
-        av.open(str(src)) as inp,
-        av.open(str(dst), "w", options={"movflags": "+faststart"}) as out,
-    ):
-        streams = {s.index: out.add_stream_from_template(s) for s in inp.streams}
-        for packet in inp.demux():
-            if packet.dts is not None:
-                packet.stream = streams[packet.stream.index]
-                out.mux(packet)
 
 
 def stamp(frames_THWC: np.ndarray) -> np.ndarray:

@@ -30,6 +30,7 @@ import pytest
 import requests
 import soundfile as sf
 import yaml
+from conftest import remux_faststart
 
 from l2s.audio import load_audio
 from l2s.config import AUDIO, VIDEO
@@ -217,19 +218,6 @@ def write_live_mkv(path: Path, frames_THWC: np.ndarray) -> None:
         for image_HWC in frames_THWC:
             out.mux(stream.encode(av.VideoFrame.from_ndarray(image_HWC, format="rgb24")))
         out.mux(stream.encode(None))
-
-
-def remux_faststart(source: Path, path: Path) -> None:
-    """The same packets with the index (moov) at the front: a copy cut in half still opens."""
-    with (
-        av.open(str(source)) as inp,
-        av.open(str(path), "w", options={"movflags": "+faststart"}) as out,
-    ):
-        streams = {s.index: out.add_stream_from_template(s) for s in inp.streams}
-        for packet in inp.demux():
-            if packet.size:
-                packet.stream = streams[packet.stream.index]
-                out.mux(packet)
 
 
 def unknown_codec_mkv(path: Path) -> None:
