@@ -105,12 +105,14 @@ def test_learning_rate_decays_exponentially_over_the_budget() -> None:
 
 
 def test_train_vocoder_learns_checkpoints_resumes_and_vocodes(
-    synth_features: str, ray_local, tmp_path
+    synth_features: str, ray_local, tmp_path, monkeypatch
 ) -> None:
+    # A relative run directory: the workers run elsewhere, their logs must still land here.
+    monkeypatch.chdir(tmp_path)
     run = str(tmp_path / "hifigan")
     cfg = VocoderTrainConfig(
         dataset=synth_features,
-        out=run,
+        out="hifigan",
         steps=56,
         batch_size=8,
         segment_frames=32,

@@ -15,6 +15,7 @@ dataset).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import posixpath
 import threading
@@ -135,6 +136,10 @@ def train(cfg: TrainConfig, *, callbacks: Sequence = ()) -> TrainSummary:
     from l2s.train.loop import summary_line, train_loop
 
     connect()
+    # Workers run in a directory of Ray's own: a relative path would put their logs there.
+    cfg = dataclasses.replace(
+        cfg, dataset=storage.normalize(cfg.dataset), out=storage.normalize(cfg.out)
+    )
     index = index_dataset(cfg.dataset, cfg.val_utterances, cfg.n_val_audio, cfg.seed)
     if index.speakers.dim != cfg.model_config.speaker_dim:
         raise DatasetError(
@@ -152,7 +157,7 @@ def train(cfg: TrainConfig, *, callbacks: Sequence = ()) -> TrainSummary:
     datasets = {"train": read_split(index, "train", shuffle_files=True)}
     if index.val_ids:
         datasets["val"] = read_split(index, "val", shuffle_files=False)
-    run = storage.normalize(cfg.out)
+    run = cfg.out
     trainer = TorchTrainer(
         train_loop,
         train_loop_config={

@@ -11,6 +11,7 @@ The same `out` resumes from its latest checkpoint, as `l2s train` does.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import asdict, dataclass, field
 
 from l2s import storage
@@ -20,7 +21,8 @@ from l2s.train.config import RunBase, known_fields
 
 @dataclass(frozen=True, kw_only=True)
 class VocoderTrainConfig(RunBase):
-    """One vocoder training run. Defaults suit the `tiny` preset on a 2-core CPU."""
+    """One vocoder training run. Defaults follow the paper's recipe (GAN from the first step, lr
+    2e-4); on a 2-core CPU a long generator-only warm-up at lr 1e-3–2e-3 learns far faster."""
 
     dataset: str  # feature dataset directory; its manifest must still point at the videos
     out: str  # run directory, local or s3://: checkpoints, TensorBoard logs, metrics.jsonl
@@ -39,6 +41,8 @@ class VocoderTrainConfig(RunBase):
     # Steps of generator-only training (mel + multi-resolution STFT loss) before the
     # discriminators switch on: the mel term dominates early learning, and a step without the
     # discriminators costs a fraction of a GAN step. 0: GAN from the first step, as the paper.
+    # Measured on 2 cores (tiny, 2 workers × 16 × 32 frames, 5 minutes each): GAN from the start
+    # made 102 steps (train mel L1 2.18), generator-only at lr 1e-3 made 735 (mel L1 0.83).
     gan_after: int = 0
     mel_weight: float = 45.0
     stft_weight: float = 0.0  # multi-resolution STFT loss weight in the GAN phase (paper: none)
@@ -133,6 +137,10 @@ def train_vocoder(cfg: VocoderTrainConfig) -> VocoderSummary:
     from l2s.train.vocoder_loop import score_clips, vocoder_loop
 
     connect()
+    # Workers run in a directory of Ray's own: a relative path would put their logs there.
+    cfg = dataclasses.replace(
+        cfg, dataset=storage.normalize(cfg.dataset), out=storage.normalize(cfg.out)
+    )
     index = index_vocoder_dataset(cfg.dataset, cfg.n_val)
     with torch.device("meta"):
         generator = count_parameters(Generator(cfg.model_config))
@@ -147,7 +155,7 @@ def train_vocoder(cfg: VocoderTrainConfig) -> VocoderSummary:
     baseline = score_clips(griffin_lim, val_clips)
     baseline = {f"val/{k}_gl": v for k, v in baseline.items() if k != "skipped"}
 
-    run = storage.normalize(cfg.out)
+    run = cfg.out
     trainer = TorchTrainer(
         vocoder_loop,
         train_loop_config={
