@@ -99,9 +99,11 @@ def stage_costs(clips: list[Path], checkpoint: str) -> None:
     import torch
 
     from l2s.audio import griffin_lim
-    from l2s.features import FeatureConfig, downscaled_frames
+    from l2s.config import VIDEO
+    from l2s.features import FeatureConfig
     from l2s.generate import Generator
     from l2s.speak import mouth_rois
+    from l2s.video import iter_frames
     from l2s.vocoder import load_vocoder
 
     torch.set_num_threads(1)
@@ -112,7 +114,7 @@ def stage_costs(clips: list[Path], checkpoint: str) -> None:
     rois, mels = [], []
     for clip in clips:
         with Timer() as timer:
-            for _ in downscaled_frames(str(clip), cfg.max_side):
+            for _ in iter_frames(str(clip), fps=VIDEO.fps, max_side=cfg.max_side):
                 pass
         timed["decode"].append(timer)
         with Timer() as timer:

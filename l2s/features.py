@@ -8,10 +8,8 @@ raises `ClipError` with the stage and a reason, which the pipeline records in th
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 
-import cv2
 import numpy as np
 
 from l2s import storage
@@ -20,7 +18,7 @@ from l2s.config import AUDIO, MELS_PER_FRAME, VIDEO
 from l2s.face import FaceConfig, FaceDetector, FaceError, crop_mouth, detect_landmarks
 from l2s.schema import FeatureRow, ManifestRow
 from l2s.speaker import SpeakerError
-from l2s.video import VideoError, iter_frames, probe
+from l2s.video import VideoError, VideoInfo, iter_frames, probe
 
 SAMPLES_PER_FRAME = AUDIO.hop_length * MELS_PER_FRAME
 
@@ -87,7 +85,7 @@ def decode_clip(row: ManifestRow, cfg: FeatureConfig) -> DecodedClip:
             raise ClipError(
                 "audio", "no audio stream (the speech target comes from the clip's audio)"
             )
-        frames_THWC, scale = _read_frames(named_bytes(data, row.video), cfg, info.duration)
+        frames_THWC, scale = _read_frames(named_bytes(data, row.video), cfg, info)
         audio_S = load_audio(named_bytes(data, row.video), AUDIO.sample_rate)
     except VideoError as e:
         raise ClipError("decode", str(e)) from e
@@ -114,38 +112,27 @@ def named_bytes(data: bytes, uri: str) -> io.BytesIO:
     return buffer
 
 
-def downscaled_frames(source, max_side: int) -> Iterator[tuple[np.ndarray, float]]:
-    """25 fps frames, each downscaled to `max_side` as it is decoded (and the scale used): a long
-    1080p clip never sits in memory at full size."""
-    scale, size = 1.0, None
-    for frame_HWC in iter_frames(source, fps=VIDEO.fps):
-        if size is None:
-            scale = min(1.0, max_side / max(frame_HWC.shape[:2]))
-            size = (round(frame_HWC.shape[1] * scale), round(frame_HWC.shape[0] * scale))
-        if scale < 1.0:
-            frame_HWC = cv2.resize(frame_HWC, size, interpolation=cv2.INTER_AREA)
-        yield frame_HWC, scale
-
-
 def _read_frames(
-    source: io.BytesIO, cfg: FeatureConfig, stated_seconds: float
+    source: io.BytesIO, cfg: FeatureConfig, info: VideoInfo
 ) -> tuple[np.ndarray, float]:
-    """All downscaled frames of a clip; stops at `cfg.max_seconds`, which `probe` cannot enforce
-    on containers that state no duration (live-recorded WebM / MKV, as browsers write them)."""
+    """All 25 fps frames, downscaled to `cfg.max_side`, and the scale (decoded / source width).
+
+    Stops at `cfg.max_seconds`, which `probe` cannot enforce on containers that state no duration
+    (live-recorded WebM / MKV, as browsers write them).
+    """
     limit = cfg.max_seconds * VIDEO.fps + 1
     frames: list[np.ndarray] = []
-    scale = 1.0
-    for frame_HWC, frame_scale in downscaled_frames(source, cfg.max_side):
-        scale = frame_scale  # one value for the whole clip
+    for frame_HWC in iter_frames(source, fps=VIDEO.fps, max_side=cfg.max_side):
         if len(frames) >= limit:
-            stated = f"{stated_seconds:.0f} s" if stated_seconds else "no duration"
+            stated = f"{info.duration:.0f} s" if info.duration else "no duration"
             raise ClipError(
                 "decode",
                 f"clip runs past the limit of {cfg.max_seconds:.0f} s while decoding "
                 f"(its container states {stated})",
             )
         frames.append(frame_HWC)
-    return np.stack(frames), scale
+    frames_THWC = np.stack(frames)
+    return frames_THWC, frames_THWC.shape[2] / max(info.width, frames_THWC.shape[2])
 
 
 def clip_features(

@@ -26,9 +26,9 @@ from tqdm import tqdm
 from l2s.audio import load_audio, write_wav
 from l2s.config import AUDIO, MELS_PER_FRAME, VIDEO
 from l2s.face import FaceError, crop_mouth, detect_landmarks, load_detector
-from l2s.features import FeatureConfig, downscaled_frames
+from l2s.features import FeatureConfig
 from l2s.generate import Generator
-from l2s.video import VideoError, probe
+from l2s.video import VideoError, iter_frames, probe
 from l2s.vocoder import load_vocoder
 
 # Frames per face-tracking chunk, and frames each chunk shares with the previous one (so the
@@ -62,7 +62,7 @@ def _frame_chunks(video: str | BinaryIO, max_side: int) -> Iterator[np.ndarray]:
     first starts with the last TRACK_OVERLAP frames of the one before."""
     buffer: list[np.ndarray] = []
     carried = 0
-    for frame_HWC, _ in downscaled_frames(video, max_side):
+    for frame_HWC in iter_frames(video, fps=VIDEO.fps, max_side=max_side):
         buffer.append(frame_HWC)
         if len(buffer) == TRACK_CHUNK + TRACK_OVERLAP:
             yield np.stack(buffer)

@@ -309,6 +309,25 @@ def test_frame_rates_are_resampled_to_25_fps_by_timestamp(media: Media, name: st
         assert offsets[shown] <= offsets.min() + 1e-9, (k, shown, int(np.argmin(offsets)))
 
 
+def test_large_frames_are_downscaled_while_decoding(tmp_path: Path) -> None:
+    """`max_side` shrinks the long side in FFmpeg's scaler, keeps the aspect ratio, and gives what
+    an area resize of the full frame gives; a frame within the limit is left as it is."""
+    y_HW, x_HW = np.mgrid[0:360, 0:960]
+    image_HWC = np.stack([x_HW * 255 // 959, y_HW * 255 // 359, (x_HW + y_HW) % 256], -1)
+    path = tmp_path / "wide.mp4"
+    tone_S = 0.1 * np.sin(np.arange(SR) * 2 * np.pi * 220 / SR).astype(np.float32)
+    frames_THWC = np.repeat(image_HWC[None].astype(np.uint8), VIDEO.fps, 0)
+    write_av(path, frames_THWC, Fraction(VIDEO.fps), audio_S=tone_S)
+    full_HWC = next(iter_frames(path))
+    small_HWC = next(iter_frames(path, max_side=480))
+    assert small_HWC.shape == (180, 480, 3) and small_HWC.flags.c_contiguous
+    resized_HWC = cv2.resize(full_HWC, (480, 180), interpolation=cv2.INTER_AREA)
+    assert np.abs(small_HWC.astype(int) - resized_HWC).mean() < 2.0
+    assert np.array_equal(next(iter_frames(path, max_side=960)), full_HWC)
+    clip = decode_clip(manifest_row("wide", path), FeatureConfig(max_side=480))
+    assert clip.frames_THWC.shape[1:] == (180, 480, 3) and clip.scale == 0.5
+
+
 def test_real_variable_frame_rate_clip_keeps_audio_and_video_in_step(media: Media) -> None:
     path = media.paths["vfr_fixture"]
     with av.open(str(path)) as container:
