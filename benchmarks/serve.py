@@ -10,7 +10,7 @@ silent h264 at 25 fps at their own size (524²–844²), as a user's upload woul
 First, where the time of one request goes: each stage run in this process on the same clips
 (decode + face tracking + mouth crop, the model, Griffin-Lim alone and for 8 clips at once).
 Then, per variant, a fresh Serve app on a local Ray with every CPU of this machine:
-    batching     max_batch_size 8 (model windows and Griffin-Lim runs across requests)
+    batching     max_batch_size 8 (model windows and vocoder runs across requests)
     no batching  max_batch_size 1
 with the same replicas otherwise. After a warm-up round (one request per client, not counted),
 `--clients` threads post the clips round-robin in a closed loop until `--requests` are answered.
@@ -109,7 +109,9 @@ def stage_costs(clips: list[Path], checkpoint: str) -> None:
     torch.set_num_threads(1)
     cfg = FeatureConfig()
     gen = Generator.load(checkpoint)
-    mouth_rois(str(clips[0]), cfg)  # loads dlib's models
+    # Warm-up: dlib's models load, and torch's first FFT and forward pass cost ~1 s that no
+    # later request pays.
+    griffin_lim(gen.mel(mouth_rois(str(clips[0]), cfg)[0], None))
     timed: dict[str, list[Timer]] = {"decode": [], "preprocess": [], "model": [], "griffin-lim": []}
     rois, mels = [], []
     for clip in clips:

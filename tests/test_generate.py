@@ -156,19 +156,3 @@ def test_speak_refuses_what_it_cannot_speak(
             reference_audio=str(real_speech),
             speaker="s",
         )
-
-
-def test_griffin_lim_on_a_padded_batch_matches_one_clip_at_a_time(synth_features: str) -> None:
-    from l2s.audio import log_mel
-    from l2s.vocoder import load_vocoder
-
-    vocode = load_vocoder(None)
-    mels = [r.mel_MF() for r in shards.read_features(synth_features)[:4]]
-    assert len({m.shape[1] for m in mels}) > 1
-    batched, single = vocode.batch(mels), [vocode(m) for m in mels]
-    for mel_MF, a_S, b_S in zip(mels, batched, single, strict=True):
-        assert len(a_S) == len(b_S) == mel_MF.shape[1] * AUDIO.hop_length
-        # Phase differs (it is estimated), the spectrum it rebuilds must not.
-        error_a = np.abs(log_mel(a_S) - mel_MF).mean()
-        error_b = np.abs(log_mel(b_S) - mel_MF).mean()
-        assert error_a < 1.1 * error_b + 0.02, (error_a, error_b)

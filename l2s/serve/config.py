@@ -35,7 +35,7 @@ class ServeConfig:
     max_seconds: float = 60.0
     max_side: int = 1920
     # Dynamic batching of the model (`@serve.batch`): up to this many model windows (and then
-    # Griffin-Lim runs) in one pass, waiting at most `batch_wait_s` for a batch to fill.
+    # vocoder runs) in one pass, waiting at most `batch_wait_s` for a batch to fill.
     # max_batch_size 1 turns batching off.
     max_batch_size: int = 8
     batch_wait_s: float = 0.02

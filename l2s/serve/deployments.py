@@ -6,7 +6,9 @@ per-clip functions `l2s speak` runs (l2s/speak.py), so the endpoint and the CLI 
                  replica; replicas autoscale on the requests waiting.
     Synthesizer  The model (on a GPU when one is given). Mouth ROIs → 10-s model windows, batched
                  across requests with `@serve.batch` (padded to the longest, one forward pass),
-                 cross-faded back into one mel per clip → Griffin-Lim, batched the same way.
+                 cross-faded back into one mel per clip → the vocoder, batched the same way
+                 (HiFi-GAN in one forward pass; Griffin-Lim gains nothing from a batch on a
+                 CPU and runs its clips one by one).
 
 Letters in shape names: T video frames, H×W pixels, M mel bands, F mel frames, S samples,
 D speaker-embedding size.
