@@ -15,6 +15,7 @@ import numpy as np
 
 from l2s.evaluate.split import AUDIO_DIRS, SUMMARY_METRICS, SYSTEMS, summarize
 from l2s.generate import mel_of, read_generated
+from l2s.plots import mel_pair
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }
@@ -27,21 +28,9 @@ audio { height: 28px; vertical-align: middle; }
 
 
 def _mel_png(target_MF: np.ndarray, predicted_MF: np.ndarray) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(2, 1, figsize=(7, 3.2), sharex=True)
-    low, high = float(target_MF.min()), float(target_MF.max())
-    for ax, mel_MF, title in zip(
-        axes, (target_MF, predicted_MF), ("ground truth", "l2s"), strict=True
-    ):
-        ax.imshow(mel_MF, origin="lower", aspect="auto", vmin=low, vmax=high, interpolation="none")
-        ax.set_ylabel(title, fontsize=8)
-        ax.set_yticks([])
-    axes[-1].set_xlabel("mel frame (10 ms)", fontsize=8)
-    figure.tight_layout()
+    figure = mel_pair(target_MF, predicted_MF)
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=80)
     plt.close(figure)

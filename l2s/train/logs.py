@@ -15,6 +15,7 @@ import numpy as np
 
 from l2s import storage
 from l2s.config import AUDIO
+from l2s.plots import mel_pair
 
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
@@ -59,23 +60,7 @@ class RunLog:
             self.scalars(step, values, prefix)
 
     def mel(self, step: int, tag: str, predicted_MF: np.ndarray, target_MF: np.ndarray) -> None:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        figure, axes = plt.subplots(2, 1, figsize=(8, 5), sharex=True)
-        low, high = float(target_MF.min()), float(target_MF.max())
-        for ax, mel_MF, title in zip(
-            axes, (target_MF, predicted_MF), ("target", "predicted"), strict=True
-        ):
-            ax.imshow(
-                mel_MF, origin="lower", aspect="auto", vmin=low, vmax=high, interpolation="none"
-            )
-            ax.set_ylabel("mel band")
-            ax.set_title(title, fontsize=9)
-        axes[-1].set_xlabel("mel frame (10 ms)")
-        figure.tight_layout()
+        figure = mel_pair(target_MF, predicted_MF, ("target", "predicted"), size=(8, 5))
         self.writer.add_figure(tag, figure, step)  # closes the figure
 
     def audio(self, step: int, tag: str, wav_S: np.ndarray) -> None:
