@@ -1,14 +1,14 @@
 """Serving latency and throughput: concurrent clients posting 3-s clips to /v1/speech, with the
 model's dynamic batching (`@serve.batch`) on and off, in the same run.
 
-    python benchmarks/serve.py --checkpoint out/runs/tiny [--clients 8] [--requests 64]
+    python benchmarks/serve.py --checkpoint out/runs/tiny [--clients 8] [--requests 64] [--vocoder RUN]
     python benchmarks/serve.py --checkpoint out/runs/tiny --screenshot out/serve.png
 
 Clips: the first `--seconds` of each real fixture clip (../shared/fixtures/real), re-encoded as
 silent h264 at 25 fps at their own size (524²–844²), as a user's upload would be.
 
 First, where the time of one request goes: each stage run in this process on the same clips
-(decode + face tracking + mouth crop, the model, Griffin-Lim alone and for 8 clips at once).
+(decode + face tracking + mouth crop, the model, the vocoder alone and for 8 clips at once).
 Then, per variant, a fresh Serve app on a local Ray with every CPU of this machine:
     batching     max_batch_size 8 (model windows and vocoder runs across requests)
     no batching  max_batch_size 1
@@ -92,13 +92,12 @@ class Timer:
         self.cpu = time.process_time() - self.cpu
 
 
-def stage_costs(clips: list[Path], checkpoint: str) -> None:
+def stage_costs(clips: list[Path], checkpoint: str, vocoder: str | None) -> None:
     """Wall and CPU seconds per clip of each stage of a request, in this process (torch on one
     thread); `decode` is the decoding and downscaling part of `preprocess`. From the CPU
     seconds, the most requests/s the machine's cores can answer."""
     import torch
 
-    from l2s.audio import griffin_lim
     from l2s.config import VIDEO
     from l2s.features import FeatureConfig
     from l2s.generate import Generator
@@ -109,10 +108,11 @@ def stage_costs(clips: list[Path], checkpoint: str) -> None:
     torch.set_num_threads(1)
     cfg = FeatureConfig()
     gen = Generator.load(checkpoint)
+    vocode = load_vocoder(vocoder)
     # Warm-up: dlib's models load, and torch's first FFT and forward pass cost ~1 s that no
     # later request pays.
-    griffin_lim(gen.mel(mouth_rois(str(clips[0]), cfg)[0], None))
-    timed: dict[str, list[Timer]] = {"decode": [], "preprocess": [], "model": [], "griffin-lim": []}
+    vocode(gen.mel(mouth_rois(str(clips[0]), cfg)[0], None))
+    timed: dict[str, list[Timer]] = {"decode": [], "preprocess": [], "model": [], "vocoder": []}
     rois, mels = [], []
     for clip in clips:
         with Timer() as timer:
@@ -126,13 +126,13 @@ def stage_costs(clips: list[Path], checkpoint: str) -> None:
             mels.append(gen.mel(rois[-1], None))
         timed["model"].append(timer)
         with Timer() as timer:
-            griffin_lim(mels[-1])
-        timed["griffin-lim"].append(timer)
+            vocode(mels[-1])
+        timed["vocoder"].append(timer)
     eight = [i % len(clips) for i in range(8)]
     with Timer() as model_batch:
         gen.mels([rois[i] for i in eight], [None] * 8)
-    with Timer() as gl_batch:
-        load_vocoder(None).batch([mels[i] for i in eight])
+    with Timer() as vocoder_batch:
+        vocode.batch([mels[i] for i in eight])
     print("stage costs per clip, in process, torch on one thread (mean over the clips);")
     print("preprocess = decode (25 fps, downscaled to 480 px) + face tracking + mouth crop:")
     print(f"  {'stage':<38} {'wall s':>7} {'CPU s':>7}")
@@ -140,12 +140,13 @@ def stage_costs(clips: list[Path], checkpoint: str) -> None:
     for stage, timers in timed.items():
         cpu[stage] = statistics.mean(t.cpu for t in timers)
         print(f"  {stage:<38} {statistics.mean(t.wall for t in timers):7.3f} {cpu[stage]:7.3f}")
-    for name, timer in (("model", model_batch), ("griffin-lim", gl_batch)):
+    print(f"vocoder: {vocode.name}")
+    for name, timer in (("model", model_batch), ("vocoder", vocoder_batch)):
         print(
             f"  {name + ', per clip in a batch of 8':<38} {timer.wall / 8:7.3f} {timer.cpu / 8:7.3f}"
         )
-    batched = cpu["preprocess"] + (model_batch.cpu + gl_batch.cpu) / 8
-    single = cpu["preprocess"] + cpu["model"] + cpu["griffin-lim"]
+    batched = cpu["preprocess"] + (model_batch.cpu + vocoder_batch.cpu) / 8
+    single = cpu["preprocess"] + cpu["model"] + cpu["vocoder"]
     cores = os.cpu_count() or 1
     print(
         f"CPU s per request: {single:.2f} one by one, {batched:.2f} batched by 8; on {cores} "
@@ -309,6 +310,7 @@ def main() -> None:
         "--preprocess-cpus", type=float, default=0.5, help="Ray CPUs reserved per replica"
     )
     parser.add_argument("--max-batch-size", type=int, default=8)
+    parser.add_argument("--vocoder", help="griffin-lim (default) or a HiFi-GAN run / checkpoint")
     parser.add_argument("--no-profile", action="store_true", help="skip the stage costs")
     parser.add_argument("--screenshot", type=Path, help="save a screenshot of the page instead")
     parser.add_argument("--mode", choices=("speech", "dub"), default="dub")
@@ -324,7 +326,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="l2s-serve-bench-") as folder:
         clips = cut_clips(args.seconds, Path(folder))
         if not args.screenshot and not args.no_profile:
-            stage_costs(clips, args.checkpoint)
+            stage_costs(clips, args.checkpoint, args.vocoder)
         ray.init(address="local", include_dashboard=False, log_to_driver=False)
         cfg = ServeConfig(
             checkpoint=args.checkpoint,
@@ -332,6 +334,7 @@ def main() -> None:
             min_preprocess_replicas=args.preprocess_replicas,
             max_preprocess_replicas=args.preprocess_replicas,
             preprocess_cpus=args.preprocess_cpus,
+            vocoder=args.vocoder,
         )
         if args.screenshot:
             screenshot(cfg, clips, args)

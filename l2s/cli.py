@@ -16,6 +16,13 @@ app = typer.Typer(
     help="Lip-to-speech at corpus scale on Ray.", no_args_is_help=True, add_completion=False
 )
 console = Console()
+# The vocoder option of every command that makes speech (l2s.vocoder specs).
+Vocoder = Annotated[
+    str | None,
+    typer.Option(
+        help="griffin-lim (default), or a HiFi-GAN run (l2s train-vocoder) or checkpoint."
+    ),
+]
 
 
 def _version(value: bool) -> None:
@@ -286,9 +293,7 @@ def generate(
     workers: Annotated[
         int | None, typer.Option(help="Model actors (default: one per GPU, else per CPU).")
     ] = None,
-    vocoder: Annotated[
-        str | None, typer.Option(help="griffin-lim or a HiFi-GAN run (default: griffin-lim).")
-    ] = None,
+    vocoder: Vocoder = None,
 ) -> None:
     """Generate speech for every clip of a split on Ray Data model actors; the voice
     never comes from the clip itself. Rerun to finish an interrupted run."""
@@ -351,10 +356,7 @@ def speak(
         str | None, typer.Option(help="A recording of the voice to speak in.")
     ] = None,
     speaker: Annotated[str | None, typer.Option(help="A speaker the model was trained on.")] = None,
-    vocoder: Annotated[
-        str | None,
-        typer.Option(help="griffin-lim, or a HiFi-GAN run (l2s train-vocoder) or checkpoint."),
-    ] = None,
+    vocoder: Vocoder = None,
 ) -> None:
     """Speak for one video: mouth ROIs → mel → waveform (Griffin-Lim or HiFi-GAN), any frame rate
     or length."""
@@ -387,6 +389,7 @@ def dub(
     retry_failed: Annotated[
         bool, typer.Option(help="Also redo videos that failed for good in earlier runs.")
     ] = False,
+    vocoder: Vocoder = None,
 ) -> None:
     """Give speech to every video under SRC not yet dubbed into DST, on Ray (rerun to resume):
     the video stream copied, the speech as its audio track, a JSON sidecar beside each."""
@@ -400,6 +403,7 @@ def dub(
             reference_audio=reference_audio,
             workers=workers or None,
             retry_failed=retry_failed,
+            vocoder=vocoder,
         )
         run_dub(src, dst, cfg)
     except (SpeakError, ValueError, FileNotFoundError) as e:
@@ -420,6 +424,7 @@ def serve(
     ] = 0,
     max_upload_mb: Annotated[float, typer.Option(help="Largest upload accepted.")] = 100.0,
     max_seconds: Annotated[float, typer.Option(help="Longest video accepted.")] = 60.0,
+    vocoder: Vocoder = None,
 ) -> None:
     """Serve speech over HTTP (Ray Serve): POST /v1/speech, /v1/dub; a web page at /; /docs."""
     import os
@@ -437,6 +442,7 @@ def serve(
         max_preprocess_replicas=preprocess_replicas or max(1, (os.cpu_count() or 2) - 1),
         max_upload_mb=max_upload_mb,
         max_seconds=max_seconds,
+        vocoder=vocoder,
     )
     url = start(cfg, host, port)
     stop = threading.Event()

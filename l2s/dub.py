@@ -53,6 +53,7 @@ from l2s.features import FeatureConfig
 from l2s.generate import Generator
 from l2s.speak import SpeakError, speak_with, voice
 from l2s.video import VideoError, VideoInfo, mux_audio, probe
+from l2s.vocoder import load_vocoder
 
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".avi", ".webm")
 LEDGER = "_ledger"
@@ -112,6 +113,7 @@ class DubConfig:
     reference_audio: str | None = None  # or the voice of a recording (local or s3://)
     workers: int | None = None  # model actors; None: one per GPU, else one per CPU
     retry_failed: bool = False  # also redo videos that failed for good in earlier runs
+    vocoder: str | None = None  # an `l2s.vocoder` spec; None: Griffin-Lim
     features: FeatureConfig = field(default_factory=FeatureConfig)
 
     def __post_init__(self) -> None:
@@ -133,6 +135,7 @@ class DubPlan:
     model: dict  # checkpoint, step, preset, model and training configs: for the sidecars
     features: FeatureConfig
     run: str
+    vocoder: str  # the vocoder's own name: a HiFi-GAN run resolved to its checkpoint now
 
 
 @dataclass
@@ -292,7 +295,9 @@ def dub_video(gen: Generator, plan: DubPlan, video: SourceVideo) -> LedgerRecord
             info = probe(source)
             stage = "speak"
             wav = os.path.join(work, "speech.wav")
-            spoken = speak_with(gen, (plan.voice_D, plan.voice), source, wav, plan.features, start)
+            spoken = speak_with(
+                gen, (plan.voice_D, plan.voice), source, wav, plan.features, start, plan.vocoder
+            )
             scores, no_scores = _scores(source, info, wav)
             stage = "mux"
             mux_audio(source, wav, out)
@@ -311,7 +316,7 @@ def dub_video(gen: Generator, plan: DubPlan, video: SourceVideo) -> LedgerRecord
                 "output": out,
                 "l2s_version": __version__,
                 "model": plan.model,
-                "vocoder": "griffin-lim",
+                "vocoder": plan.vocoder,
                 "voice": plan.voice,
                 "durations": {"video_s": info.duration, "speech_s": spoken.seconds},
                 "source_video": asdict(info),
@@ -378,6 +383,7 @@ def make_plan(dst: str, cfg: DubConfig) -> DubPlan:
         model=model,
         features=cfg.features,
         run=run,
+        vocoder=load_vocoder(cfg.vocoder).name,
     )
 
 

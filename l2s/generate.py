@@ -18,7 +18,7 @@ Letters in shape names: T video frames, H×W pixels, M mel bands, F mel frames, 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,7 +34,7 @@ from l2s.pipeline import shards
 from l2s.train.checkpoint import load_checkpoint, resolve
 from l2s.train.data import crop
 from l2s.train.speakers import SpeakerTable
-from l2s.vocoder import load_vocoder
+from l2s.vocoder import Vocoder, load_vocoder
 
 GENERATED = "generated"  # folder of output-record shards in a results folder
 WAV_DIR = "wavs"
@@ -137,7 +137,7 @@ def generate_clips(
     voices: dict[str, tuple[np.ndarray | None, str]],
     videos: dict[str, str],
     out: str,
-    vocode: Callable[[np.ndarray], np.ndarray] | None = None,
+    vocode: Vocoder | None = None,
 ) -> list[dict]:
     """One batch of feature rows (dicts with id, speaker, split, transcript, n_frames, roi, mel)
     → wavs in `out/wavs/` (written atomically) and one output record per clip.
@@ -152,8 +152,7 @@ def generate_clips(
     mels = gen.mels(rois, [voices[c["id"]][0] for c in clips])
     mean_M = gen.mean_mel(1)[:, 0].tolist()
     records = []
-    batch = getattr(vocode, "batch", None)  # a vocoder may run a whole batch at once
-    wavs = batch(mels) if batch else [vocode(m) for m in mels]
+    wavs = vocode.batch(mels)
     for clip, mel_MF, wav_S in zip(clips, mels, wavs, strict=True):
         wav = storage.join(out, WAV_DIR, f"{clip['id']}.wav")
         write_wav(wav, wav_S)

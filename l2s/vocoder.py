@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from l2s.audio import griffin_lim
+from l2s.config import AUDIO
 
 GRIFFIN_LIM = "griffin-lim"
 HIFIGAN_PREFIX = "hifigan:"
@@ -31,6 +32,10 @@ class Vocoder(Protocol):
     name: str
 
     def __call__(self, mel_MF: np.ndarray) -> np.ndarray: ...
+
+    def batch(self, mels: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Several mels (any lengths) → their waveforms, each exactly its own F · 160 samples."""
+        ...
 
 
 class GriffinLim:
@@ -67,8 +72,24 @@ class HiFiGAN:
 
     @torch.inference_mode()
     def __call__(self, mel_MF: np.ndarray) -> np.ndarray:
-        mel_BMF = torch.as_tensor(np.asarray(mel_MF, np.float32))[None].to(self.device)
+        # A copy: mels read from Parquet are read-only buffers, which torch warns about.
+        mel_BMF = torch.from_numpy(np.array(mel_MF, np.float32))[None].to(self.device)
         return self.generator(mel_BMF)[0].float().cpu().numpy()
+
+    @torch.inference_mode()
+    def batch(self, mels: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """One forward pass over the mels padded with silence (the mel floor) to the longest;
+        each waveform is cut to its own length. Only a clip's last few hundred samples can hear
+        the padding, through the convolutions' receptive field."""
+        if not mels:
+            return []
+        longest = max(m.shape[1] for m in mels)
+        floor = float(np.log(AUDIO.log_floor))
+        mel_BMF = np.stack(
+            [np.pad(m, ((0, 0), (0, longest - m.shape[1])), constant_values=floor) for m in mels]
+        ).astype(np.float32)
+        wav_BS = self.generator(torch.from_numpy(mel_BMF).to(self.device)).float().cpu().numpy()
+        return [wav_BS[i, : m.shape[1] * AUDIO.hop_length] for i, m in enumerate(mels)]
 
 
 @functools.cache  # one model per process, however many clips ask for it

@@ -157,6 +157,18 @@ def test_train_vocoder_learns_checkpoints_resumes_and_vocodes(
     assert isinstance(load_vocoder(None), GriffinLim)
     assert load_vocoder("griffin-lim")(mel_MF).shape == wav_S.shape
 
+    # A batch is one padded forward pass: the longest clip comes out as it does alone, and the
+    # others too, but for the last samples that hear the padding through the receptive field.
+    mels = [row.mel_MF() for row in shards.read_features(synth_features, split="test")[:3]]
+    mels.append(mels[0][:, :40])
+    batched = vocoder.batch(mels)
+    longest = max(range(len(mels)), key=lambda i: mels[i].shape[1])
+    for i, (mel_MF, wav_S) in enumerate(zip(mels, batched, strict=True)):
+        alone_S = vocoder(mel_MF)
+        assert wav_S.shape == alone_S.shape == (mel_MF.shape[1] * AUDIO.hop_length,)
+        near = slice(None) if i == longest else slice(None, len(wav_S) - 2048)
+        np.testing.assert_allclose(wav_S[near], alone_S[near], atol=1e-4)
+
 
 @pytest.mark.gpu
 def test_train_vocoder_on_a_gpu(synth_features: str, ray_local, tmp_path) -> None:

@@ -72,8 +72,9 @@ class Synthesizer:
 
         from l2s.generate import Generator
 
-        self.gen = Generator.load(cfg.checkpoint, "cuda" if torch.cuda.is_available() else "cpu")
-        self.vocoder = load_vocoder(None)
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.gen = Generator.load(cfg.checkpoint, device)
+        self.vocoder = load_vocoder(cfg.vocoder, device)
         for batched in (self.mels, self.vocode):
             batched.set_max_batch_size(cfg.max_batch_size)
             batched.set_batch_wait_timeout_s(cfg.batch_wait_s)

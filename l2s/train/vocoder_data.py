@@ -124,11 +124,11 @@ def read_train_audio(index: VocoderIndex):
         ray.data.read_parquet(
             [storage.arrow_filesystem(f)[1] for f in index.files],
             filesystem=fs,
-            columns=[*COLUMNS, "split"],
             shuffle="files",
             num_cpus=0.25,
             ray_remote_args=remote or None,
         )
+        .select_columns([*COLUMNS, "split"])  # pushed down into the Parquet scan
         .filter(expr=col("split") == "train", num_cpus=0.25, **remote)
         .select_columns(COLUMNS)
         # Quarter CPUs, as the lip-to-speech reads: Train workers hold most of a small machine.
