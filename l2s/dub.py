@@ -24,7 +24,11 @@ rather than one ledger file, because:
 - listing `done/` tells a nightly run what is finished without reading a single record, however
   many videos the bucket holds; only failure records are read (for their retry flag and reason).
   A done record outranks a failed one, so a retry that succeeds needs no atomic replacement: it
-  writes `done/` and then removes the old `failed/` record.
+  writes `done/` and then removes the old `failed/` record;
+- a source replaced after it was dubbed (modified later than its done record, as both listings
+  say) is dubbed again, and one replaced after it failed is tried again: a record holds its
+  source's modification time. (Clocks of a local DST and an s3:// SRC may disagree by seconds; a
+  video uploaded that close to its dubbing may then be dubbed once more the next night.)
 A failure never stops the batch. Failures with a passing cause (a read or write error, a bug in a
 worker) are tried again by the next run; the rest (not a video, no face…) stay failed until
 `--retry-failed`. Concurrent runs on one DST stay correct but may dub some videos twice.
@@ -68,6 +72,7 @@ class SourceVideo:
 
     uri: str
     relative: str
+    modified: float | None = None  # modification time (Unix s) as the listing said
 
     @property
     def output(self) -> str:
@@ -100,6 +105,7 @@ class LedgerRecord:
     compute_seconds: float = 0.0
     finished_at: str = ""
     run: str = ""
+    source_modified: float | None = None  # the source's modification time when it was read
 
     def __post_init__(self) -> None:
         if self.status not in ("done", "failed"):
@@ -143,6 +149,7 @@ class Summary:
     done: int = 0
     failed: list[LedgerRecord] = field(default_factory=list)  # this run's failures
     skipped_done: int = 0
+    changed: int = 0  # done or failed for good earlier, but replaced since: done again
     skipped_failed: list[LedgerRecord] = field(default_factory=list)  # failed earlier, for good
     lost: int = 0  # a worker died with them (no record: the next run does them)
     lost_reason: str = ""  # why the first worker died
@@ -165,13 +172,13 @@ def find_videos(src: str, dst: str) -> tuple[list[SourceVideo], list[str]]:
     if not storage.exists(src):
         raise FileNotFoundError(f"{src}: no such folder or prefix")
     by_output: dict[str, list[SourceVideo]] = {}
-    for uri in storage.list_files(src, VIDEO_SUFFIXES):
+    for uri, modified in storage.modified_times(src, VIDEO_SUFFIXES).items():
         if uri.startswith(dst + "/"):
             continue
         relative = uri[len(src) + 1 :]
         if any(part.startswith(".") for part in relative.split("/")):
             continue
-        video = SourceVideo(uri=uri, relative=relative)
+        video = SourceVideo(uri=uri, relative=relative, modified=modified)
         by_output.setdefault(video.output, []).append(video)
     videos, conflicts = [], []
     for output, group in sorted(by_output.items()):
@@ -185,14 +192,18 @@ def find_videos(src: str, dst: str) -> tuple[list[SourceVideo], list[str]]:
     return videos, conflicts
 
 
-def read_ledger(dst: str) -> tuple[set[str], dict[str, LedgerRecord]]:
-    """The sources done (from one listing, no reads) and the failure records of the rest.
+def read_ledger(dst: str) -> tuple[dict[str, float | None], dict[str, LedgerRecord]]:
+    """The sources done, with when their records were written (one listing, no reads), and the
+    failure records of the rest.
 
     A failure record that cannot be parsed counts as absent (its video is done again): records
     are written whole, so only a hand edit makes one.
     """
     root = storage.join(storage.normalize(dst), LEDGER)
-    done = {_source_of(uri) for uri in _records(root, "done")}
+    done = {
+        _source_of(uri): written
+        for uri, written in storage.modified_times(storage.join(root, "done"), [".json"]).items()
+    }
     failed = {}
     for data in storage.read_many(_records(root, "failed")).values():
         if isinstance(data, OSError):  # removed since the listing: a retry has just succeeded
@@ -209,6 +220,11 @@ def read_ledger(dst: str) -> tuple[set[str], dict[str, LedgerRecord]]:
 def _records(root: str, status: str) -> list[str]:
     # A missing folder lists as empty; temporaries of killed writes end in .tmp, not .json.
     return storage.list_files(storage.join(root, status), [".json"])
+
+
+def _replaced_since(video: SourceVideo, then: float | None) -> bool:
+    """Whether the source was modified after `then` (False when either time is unknown)."""
+    return video.modified is not None and then is not None and video.modified > then
 
 
 def _source_of(record_uri: str) -> str:
@@ -247,6 +263,7 @@ def _failed(plan: DubPlan, video: SourceVideo, stage: str, reason: str) -> Ledge
         retry=stage in RETRIED_STAGES,
         finished_at=_now(),
         run=plan.run,
+        source_modified=video.modified,
     )
 
 
@@ -310,6 +327,7 @@ def dub_video(gen: Generator, plan: DubPlan, video: SourceVideo) -> LedgerRecord
                 compute_seconds=round(time.perf_counter() - start, 3),
                 finished_at=_now(),
                 run=plan.run,
+                source_modified=video.modified,
             )
             sidecar = {
                 "source": video.uri,
@@ -460,8 +478,15 @@ def dub(
     for video in videos:
         record = failed.get(video.relative)
         if video.relative in done:
-            summary.skipped_done += 1
+            if _replaced_since(video, done[video.relative]):
+                summary.changed += 1
+                todo.append(video)
+            else:
+                summary.skipped_done += 1
         elif record is None or record.retry or cfg.retry_failed:
+            todo.append(video)
+        elif video.modified is not None and video.modified != record.source_modified:
+            summary.changed += 1  # a new upload under the failed one's name
             todo.append(video)
         else:
             summary.skipped_failed.append(record)
@@ -524,6 +549,8 @@ def run_dub(src: str, dst: str, cfg: DubConfig) -> Summary:
     for stage, count in sorted(Counter(r.stage for r in summary.failed).items()):
         table.add_row(f"failed now at {stage}", str(count))
     table.add_row("done earlier (skipped)", str(summary.skipped_done))
+    if summary.changed:
+        table.add_row("replaced since done or failed (done again)", str(summary.changed))
     table.add_row("failed earlier (skipped; --retry-failed)", str(len(summary.skipped_failed)))
     if summary.lost:
         table.add_row("lost with a worker (next run)", str(summary.lost))

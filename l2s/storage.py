@@ -117,6 +117,33 @@ def list_files(root: str, suffixes: Iterable[str] | None = None) -> list[str]:
     return sorted(p for p in found if wanted is None or p.lower().endswith(wanted))
 
 
+def modified_times(root: str, suffixes: Iterable[str] | None = None) -> dict[str, float | None]:
+    """`list_files`, with each file's modification time (Unix seconds; None where the store
+    reports none). Local files are stat'ed; an object store's listing carries the times."""
+    fs, path = filesystem(root)
+    if isinstance(fs, LocalFileSystem):
+        times: dict[str, float | None] = {}
+        for uri in list_files(root, suffixes):
+            with suppress(FileNotFoundError):  # removed since the listing
+                times[uri] = os.stat(uri).st_mtime
+        return times
+    wanted = tuple(s.lower() for s in suffixes) if suffixes is not None else None
+    found = fs.find(path, withdirs=False, detail=True)
+    return {
+        _to_uri(fs, p): _mtime(info)
+        for p, info in sorted(found.items())
+        if wanted is None or p.lower().endswith(wanted)
+    }
+
+
+def _mtime(info: dict) -> float | None:
+    # s3fs says LastModified (a datetime); other fsspec stores say mtime or last_modified.
+    value = info.get("LastModified", info.get("mtime", info.get("last_modified")))
+    if value is None:
+        return None
+    return value.timestamp() if hasattr(value, "timestamp") else float(value)
+
+
 def remove(uri: str) -> None:
     """Delete one file; a file that is already gone is fine."""
     fs, path = filesystem(uri)

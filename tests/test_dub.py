@@ -222,7 +222,7 @@ def test_dub_a_folder_then_rerun_does_nothing(
     )
     assert _files(dst) == expected, "outputs, sidecars and ledger records only"
     done, failed = read_ledger(str(dst))
-    assert done == set(good) and {s: r.reason for s, r in failed.items()}.keys() == BAD.keys()
+    assert done.keys() == set(good) and failed.keys() == BAD.keys()
 
     stamps = {f: (dst / f).stat().st_mtime_ns for f in expected}
     again = dub(str(sources), str(dst), DubConfig(checkpoint=checkpoint))
@@ -289,7 +289,8 @@ def test_killed_job_is_finished_by_the_next_run_with_every_output_once(
     table = {m[0]: int(m[1]) for m in re.findall(r"│ ([a-z ()]+?) +│ +(\d+) │", printed)}
     assert table["dubbed now"] == len(clips) - len(finished)
     assert table["done earlier (skipped)"] == len(finished)
-    assert read_ledger(str(dst)) == (set(relatives), {})
+    done, failed = read_ledger(str(dst))
+    assert done.keys() == set(relatives) and failed == {}
     stems = [r.removesuffix(".mp4") for r in relatives]
     expected = {f"{s}.{ext}" for s in stems for ext in ("mp4", "json")} | _ledger_names(
         relatives, "done"
@@ -339,3 +340,22 @@ def test_dub_between_buckets_on_an_s3_server(
         1,
     )
     assert {k: hashlib.sha1(storage.read_bytes(f"{dst}/{k}")).hexdigest() for k in keys} == before
+
+    # Replaced sources: a done one re-uploaded with new content, and a good video uploaded under
+    # the failed one's name. Both are dubbed again; the untouched one is not.
+    time.sleep(1.1)  # the S3 server keeps modification times in whole seconds
+    fs.put_file(str(clips[1]), f"{src}/{relatives[0]}")
+    fs.put_file(str(clips[0]), f"{src}/day1/corrupt.mp4")
+    replaced = dub(src, dst, DubConfig(checkpoint=checkpoint))
+    assert (replaced.changed, replaced.done, replaced.failed, replaced.skipped_done) == (
+        2,
+        2,
+        [],
+        1,
+    )
+    local = tmp_path / "replaced.mp4"
+    local.write_bytes(storage.read_bytes(f"{dst}/{stems[0]}.mp4"))
+    check_dubbed(clips[1], local)  # the new content's video, with new speech
+    assert read_ledger(dst)[1] == {}  # the failure record went with the success
+    settled = dub(src, dst, DubConfig(checkpoint=checkpoint))
+    assert (settled.changed, settled.done, settled.skipped_done) == (0, 0, 3)
