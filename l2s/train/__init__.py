@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from l2s import storage
-from l2s.train.checkpoint import load_checkpoint
+from l2s.train.checkpoint import MODEL_FILE, load_checkpoint
 from l2s.train.config import TrainConfig
 
 __all__ = ["TrainConfig", "TrainSummary", "load_checkpoint", "train"]
@@ -130,9 +130,7 @@ def train(cfg: TrainConfig, *, callbacks: Sequence = ()) -> TrainSummary:
 
     from l2s.models.lip2speech import Lip2Speech, count_parameters
     from l2s.pipeline.runtime import connect
-    from l2s.train.checkpoint import latest_checkpoint, read_config
     from l2s.train.data import DatasetError, index_dataset, read_split
-    from l2s.train.logs import read_metrics
     from l2s.train.loop import summary_line, train_loop
 
     connect()
@@ -181,7 +179,16 @@ def train(cfg: TrainConfig, *, callbacks: Sequence = ()) -> TrainSummary:
     with echo_reports(run, cfg.steps, summary_line, "l2s.train"):
         trainer.fit()
 
-    latest = latest_checkpoint(run)
+    return summarize_run(run, cfg.steps, parameters)
+
+
+def summarize_run(run: str, steps: int, parameters: int, file: str = MODEL_FILE) -> TrainSummary:
+    """Where a run directory stands after `trainer.fit()` (lip-to-speech or vocoder runs: their
+    checkpoints hold `file`), from its latest checkpoint and its metrics."""
+    from l2s.train.checkpoint import latest_checkpoint, read_config
+    from l2s.train.logs import read_metrics
+
+    latest = latest_checkpoint(run, file)
     progress = read_config(latest)["progress"] if latest else {"step": 0, "train_seconds": 0.0}
     history = read_metrics(run)
     step = int(progress["step"])
@@ -189,7 +196,7 @@ def train(cfg: TrainConfig, *, callbacks: Sequence = ()) -> TrainSummary:
         run=run,
         checkpoint=latest,
         step=step,
-        stopped="steps" if step >= cfg.steps else "time budget",
+        stopped="steps" if step >= steps else "time budget",
         parameters=parameters,
         train_seconds=float(progress["train_seconds"]),
         metrics=history[-1] if history else {},

@@ -12,10 +12,11 @@ The same `out` resumes from its latest checkpoint, as `l2s train` does.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 from l2s import storage
 from l2s.models.hifigan import PRESETS, HiFiGANConfig
+from l2s.train import TrainSummary
 from l2s.train.config import RunBase, known_fields
 
 
@@ -101,17 +102,6 @@ def learning_rate(step: int, cfg: VocoderTrainConfig, time_fraction: float = 0.0
     return cfg.lr * cfg.final_lr_ratio**progress
 
 
-@dataclass(frozen=True)
-class VocoderSummary:
-    run: str
-    checkpoint: str | None
-    step: int
-    stopped: str  # "steps" or "time budget"
-    train_seconds: float
-    metrics: dict = field(default_factory=dict)  # the last report
-    history: list[dict] = field(default_factory=list)
-
-
 def summary_line(metrics: dict) -> str:
     keys = (
         "train/mel_l1", "train/steps_per_s", "val/mel_l1", "val/pesq_wb", "val/stoi",
@@ -120,7 +110,7 @@ def summary_line(metrics: dict) -> str:
     return "  ".join(f"{k} {metrics[k]:.4g}" for k in keys if k in metrics)
 
 
-def train_vocoder(cfg: VocoderTrainConfig) -> VocoderSummary:
+def train_vocoder(cfg: VocoderTrainConfig) -> TrainSummary:
     """Train (or resume) the vocoder run `cfg.out` on the current Ray cluster (a local one when
     none is attached); return when it is done."""
     import ray.train
@@ -130,9 +120,8 @@ def train_vocoder(cfg: VocoderTrainConfig) -> VocoderSummary:
     from l2s.audio import griffin_lim
     from l2s.models.hifigan import Discriminators, Generator, count_parameters
     from l2s.pipeline.runtime import connect
-    from l2s.train import echo_reports, run_config, worker_resources
-    from l2s.train.checkpoint import VOCODER_FILE, latest_checkpoint, read_config
-    from l2s.train.logs import read_metrics
+    from l2s.train import echo_reports, run_config, summarize_run, worker_resources
+    from l2s.train.checkpoint import VOCODER_FILE
     from l2s.train.vocoder_data import index_vocoder_dataset, read_train_audio, read_val_clips
     from l2s.train.vocoder_loop import score_clips, vocoder_loop
 
@@ -174,16 +163,4 @@ def train_vocoder(cfg: VocoderTrainConfig) -> VocoderSummary:
     with echo_reports(run, cfg.steps, summary_line, "l2s.vocoder"):
         trainer.fit()
 
-    latest = latest_checkpoint(run, VOCODER_FILE)
-    progress = read_config(latest)["progress"] if latest else {"step": 0, "train_seconds": 0.0}
-    history = read_metrics(run)
-    step = int(progress["step"])
-    return VocoderSummary(
-        run=run,
-        checkpoint=latest,
-        step=step,
-        stopped="steps" if step >= cfg.steps else "time budget",
-        train_seconds=float(progress["train_seconds"]),
-        metrics=history[-1] if history else {},
-        history=history,
-    )
+    return summarize_run(run, cfg.steps, generator, VOCODER_FILE)
