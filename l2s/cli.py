@@ -16,13 +16,26 @@ app = typer.Typer(
     help="Lip-to-speech at corpus scale on Ray.", no_args_is_help=True, add_completion=False
 )
 console = Console()
-# The vocoder option of every command that makes speech (l2s.vocoder specs).
+# Options several commands share, each declared once.
+Checkpoint = Annotated[str, typer.Option(help="A checkpoint or a run directory (its latest).")]
 Vocoder = Annotated[
     str | None,
     typer.Option(
         help="griffin-lim (default), or a HiFi-GAN run (l2s train-vocoder) or checkpoint."
     ),
 ]
+Speaker = Annotated[str | None, typer.Option(help="A speaker the model was trained on.")]
+RunDir = Annotated[str, typer.Option(help="Run directory (local or s3://); the same one resumes.")]
+Nodes = Annotated[int, typer.Option(help="Nodes (with --gpus-per-node).")]
+GpusPerNode = Annotated[int, typer.Option(help="GPUs per node (0: train on CPU).")]
+Workers = Annotated[int, typer.Option(help="CPU training workers (no GPUs).")]
+Steps = Annotated[int, typer.Option(help="Optimizer steps in all.")]
+TimeBudget = Annotated[
+    float | None, typer.Option(help="Minutes of training in all (over resumes).")
+]
+ValEvery = Annotated[int, typer.Option(help="Steps between validations.")]
+CkptEvery = Annotated[int, typer.Option(help="Steps between checkpoints.")]
+Seed = Annotated[int, typer.Option(help="Seed for weights and data order.")]
 
 
 def _version(value: bool) -> None:
@@ -154,22 +167,18 @@ def roi_sheet(
 @app.command()
 def train(
     dataset: Annotated[str, typer.Argument(help="Feature dataset directory (l2s preprocess).")],
-    out: Annotated[
-        str, typer.Option(help="Run directory (local or s3://); the same one resumes.")
-    ] = "out/runs/tiny",
+    out: RunDir = "out/runs/tiny",
     preset: Annotated[str, typer.Option(help="Model size: tiny, base or large.")] = "tiny",
-    nodes: Annotated[int, typer.Option(help="Nodes (with --gpus-per-node).")] = 1,
-    gpus_per_node: Annotated[int, typer.Option(help="GPUs per node (0: train on CPU).")] = 0,
-    workers: Annotated[int, typer.Option(help="CPU training workers (no GPUs).")] = 2,
+    nodes: Nodes = 1,
+    gpus_per_node: GpusPerNode = 0,
+    workers: Workers = 2,
     strategy: Annotated[
         str | None,
         typer.Option(help="ddp or deepspeed (default: deepspeed for base/large on GPUs, else ddp)"),
     ] = None,
     zero_stage: Annotated[int, typer.Option(help="DeepSpeed ZeRO stage.")] = 2,
-    steps: Annotated[int, typer.Option(help="Optimizer steps in all.")] = 2000,
-    time_budget: Annotated[
-        float | None, typer.Option(help="Minutes of training in all (over resumes).")
-    ] = None,
+    steps: Steps = 2000,
+    time_budget: TimeBudget = None,
     batch_size: Annotated[int, typer.Option(help="Clips per worker and step.")] = 8,
     lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 1e-3,
     warmup_steps: Annotated[int, typer.Option(help="Linear warm-up steps.")] = 100,
@@ -177,13 +186,13 @@ def train(
     time_mask: Annotated[
         bool, typer.Option(help="Time masking (helps long runs; slows runs of minutes).")
     ] = True,
-    val_every: Annotated[int, typer.Option(help="Steps between validations.")] = 200,
-    ckpt_every: Annotated[int, typer.Option(help="Steps between checkpoints.")] = 500,
+    val_every: ValEvery = 200,
+    ckpt_every: CkptEvery = 500,
     precision: Annotated[str, typer.Option(help="auto (bf16 on GPU), fp32 or bf16.")] = "auto",
     dropout: Annotated[
         float | None, typer.Option(help="Model dropout (default: the preset's).")
     ] = None,
-    seed: Annotated[int, typer.Option(help="Seed for weights and data order.")] = 0,
+    seed: Seed = 0,
 ) -> None:
     """Train the lip-to-speech model on Ray Train (DDP or DeepSpeed); rerun to resume."""
     from l2s.models.losses import LossConfig
@@ -229,19 +238,15 @@ def train_vocoder(
     dataset: Annotated[
         str, typer.Argument(help="Feature dataset directory; its manifest names the recordings.")
     ],
-    out: Annotated[
-        str, typer.Option(help="Run directory (local or s3://); the same one resumes.")
-    ] = "out/runs/hifigan",
+    out: RunDir = "out/runs/hifigan",
     preset: Annotated[
         str, typer.Option(help="HiFi-GAN size: tiny (CPU), v3 or v1 (GPUs).")
     ] = "tiny",
-    nodes: Annotated[int, typer.Option(help="Nodes (with --gpus-per-node).")] = 1,
-    gpus_per_node: Annotated[int, typer.Option(help="GPUs per node (0: train on CPU).")] = 0,
-    workers: Annotated[int, typer.Option(help="CPU training workers (no GPUs).")] = 2,
-    steps: Annotated[int, typer.Option(help="Optimizer steps in all.")] = 100_000,
-    time_budget: Annotated[
-        float | None, typer.Option(help="Minutes of training in all (over resumes).")
-    ] = None,
+    nodes: Nodes = 1,
+    gpus_per_node: GpusPerNode = 0,
+    workers: Workers = 2,
+    steps: Steps = 100_000,
+    time_budget: TimeBudget = None,
     batch_size: Annotated[int, typer.Option(help="Segments per worker and step.")] = 16,
     segment_frames: Annotated[
         int, typer.Option(help="Mel frames per segment (×160 samples).")
@@ -253,9 +258,9 @@ def train_vocoder(
     gan_after: Annotated[
         int, typer.Option(help="Generator-only steps (mel + STFT loss) before the GAN terms.")
     ] = 0,
-    val_every: Annotated[int, typer.Option(help="Steps between validations.")] = 500,
-    ckpt_every: Annotated[int, typer.Option(help="Steps between checkpoints.")] = 1000,
-    seed: Annotated[int, typer.Option(help="Seed for weights and data order.")] = 0,
+    val_every: ValEvery = 500,
+    ckpt_every: CkptEvery = 1000,
+    seed: Seed = 0,
 ) -> None:
     """Train a HiFi-GAN vocoder on a dataset's ground-truth mels and recordings (Ray Train);
     rerun to resume. Validation prints PESQ-WB / STOI beside Griffin-Lim's on the same mels."""
@@ -286,7 +291,7 @@ def train_vocoder(
 @app.command()
 def generate(
     dataset: Annotated[str, typer.Argument(help="Feature dataset directory.")],
-    checkpoint: Annotated[str, typer.Option(help="A checkpoint or a run directory (its latest).")],
+    checkpoint: Checkpoint,
     out: Annotated[str, typer.Option(help="Results folder: wavs/ and generated/ records.")],
     split: Annotated[str, typer.Option(help="Split to generate.")] = "test",
     batch_size: Annotated[int, typer.Option(help="Clips per model call.")] = 8,
@@ -350,12 +355,12 @@ def demo(
 @app.command()
 def speak(
     video: Annotated[str, typer.Argument(help="A silent (or not) video of a talking face.")],
-    checkpoint: Annotated[str, typer.Option(help="A checkpoint or a run directory (its latest).")],
+    checkpoint: Checkpoint,
     out: Annotated[str, typer.Option(help="The wav to write.")] = "speech.wav",
     reference_audio: Annotated[
         str | None, typer.Option(help="A recording of the voice to speak in.")
     ] = None,
-    speaker: Annotated[str | None, typer.Option(help="A speaker the model was trained on.")] = None,
+    speaker: Speaker = None,
     vocoder: Vocoder = None,
 ) -> None:
     """Speak for one video: mouth ROIs → mel → waveform (Griffin-Lim or HiFi-GAN), any frame rate
@@ -380,8 +385,8 @@ def dub(
     dst: Annotated[
         str, typer.Argument(help="Where DST/<relative path>.mp4 + .json and the ledger go.")
     ],
-    checkpoint: Annotated[str, typer.Option(help="A checkpoint or a run directory (its latest).")],
-    speaker: Annotated[str | None, typer.Option(help="A speaker the model was trained on.")] = None,
+    checkpoint: Checkpoint,
+    speaker: Speaker = None,
     reference_audio: Annotated[
         str | None, typer.Option(help="A recording of the voice to speak in (local or s3://).")
     ] = None,
@@ -413,7 +418,7 @@ def dub(
 
 @app.command()
 def serve(
-    checkpoint: Annotated[str, typer.Option(help="A checkpoint or a run directory (its latest).")],
+    checkpoint: Checkpoint,
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
     max_batch_size: Annotated[
