@@ -26,8 +26,8 @@ rather than one ledger file, because:
   A done record outranks a failed one, so a retry that succeeds needs no atomic replacement: it
   writes `done/` and then removes the old `failed/` record;
 - a source replaced after it was dubbed (modified later than its done record, as both listings
-  say) is dubbed again, and one replaced after it failed is tried again: a record holds its
-  source's modification time. (Clocks of a local DST and an s3:// SRC may disagree by seconds; a
+  say) is dubbed again, and one replaced after it failed (later than the source time its failure
+  record holds) is tried again. (Clocks of a local DST and an s3:// SRC may disagree by seconds; a
   video uploaded that close to its dubbing may then be dubbed once more the next night.)
 A failure never stops the batch. Failures with a passing cause (a read or write error, a bug in a
 worker) are tried again by the next run; the rest (not a video, no face…) stay failed until
@@ -485,7 +485,7 @@ def dub(
                 summary.skipped_done += 1
         elif record is None or record.retry or cfg.retry_failed:
             todo.append(video)
-        elif video.modified is not None and video.modified != record.source_modified:
+        elif _replaced_since(video, record.source_modified):
             summary.changed += 1  # a new upload under the failed one's name
             todo.append(video)
         else:

@@ -70,17 +70,15 @@ class HiFiGAN:
         self.device = torch.device(device)
         self.name = f"{HIFIGAN_PREFIX}{self.checkpoint}"
 
-    @torch.inference_mode()
     def __call__(self, mel_MF: np.ndarray) -> np.ndarray:
-        # A copy: mels read from Parquet are read-only buffers, which torch warns about.
-        mel_BMF = torch.from_numpy(np.array(mel_MF, np.float32))[None].to(self.device)
-        return self.generator(mel_BMF)[0].float().cpu().numpy()
+        return self.batch([mel_MF])[0]
 
     @torch.inference_mode()
     def batch(self, mels: Sequence[np.ndarray]) -> list[np.ndarray]:
         """One forward pass over the mels padded with silence (the mel floor) to the longest;
         each waveform is cut to its own length. Only a clip's last few hundred samples can hear
-        the padding, through the convolutions' receptive field."""
+        the padding, through the convolutions' receptive field. (The padded stack is a copy:
+        mels read from Parquet are read-only buffers, which torch warns about.)"""
         if not mels:
             return []
         longest = max(m.shape[1] for m in mels)
