@@ -33,6 +33,7 @@ TRAIN_STATE_FILE = "train_state.pt"
 DEEPSPEED_DIR = "deepspeed"
 DEEPSPEED_TAG = "state"
 PREFIX = "checkpoint_"
+RAY_RECORD_FILE = "checkpoint_manager_snapshot.json"  # Ray Train V2's record of a run's checkpoints
 
 
 @dataclass
@@ -87,7 +88,12 @@ def read_config(checkpoint: str) -> dict:
 
 
 def latest_checkpoint(run: str, file: str = MODEL_FILE) -> str | None:
-    """The URI of the newest complete checkpoint (one holding `file`) in a run directory, or None."""
+    """The URI of the newest complete checkpoint (one holding `file`) in a run directory, or None.
+
+    Complete means Ray Train has recorded it, when the run has Ray's record: a run killed while a
+    checkpoint was being copied in leaves a folder that a rerun does not resume from (Ray resumes
+    from its record), so nothing else may take it for the latest either.
+    """
     fs, path = storage.filesystem(run)
     if not fs.exists(path):
         return None
@@ -96,11 +102,23 @@ def latest_checkpoint(run: str, file: str = MODEL_FILE) -> str | None:
         for p in fs.ls(path, detail=False)
         if posixpath.basename(p.rstrip("/")).startswith(PREFIX)
     )
+    recorded = _recorded_by_ray(run)
     for name in reversed(names):
         uri = storage.join(storage.normalize(run), name)
-        if storage.exists(storage.join(uri, file)):
+        if (recorded is None or name in recorded) and storage.exists(storage.join(uri, file)):
             return uri
     return None
+
+
+def _recorded_by_ray(run: str) -> set[str] | None:
+    """The checkpoint folders Ray Train's record of the run lists; None when there is no record
+    (a checkpoint written outside Ray Train, as `initial_checkpoint` does) or it is unreadable."""
+    snapshot = storage.join(storage.normalize(run), RAY_RECORD_FILE)
+    try:
+        results = json.loads(storage.read_bytes(snapshot))["checkpoint_results"]
+        return {result["checkpoint_dir_name"] for result in results}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def resolve(uri: str, file: str = MODEL_FILE) -> str:
