@@ -106,6 +106,19 @@ def test_mel_stats_map_the_network_output_to_the_mel_contract() -> None:
     assert "mel_mean_M" in model.state_dict()
 
 
+def test_latest_checkpoint_is_one_ray_recorded(tmp_path: Path) -> None:
+    """A folder copied in after Ray's last record (a run killed mid-checkpoint) is not the latest:
+    a rerun resumes from Ray's record, and everything else must agree with it."""
+    run = tmp_path / "run"
+    for step in (20, 40):
+        (run / f"checkpoint_{step:08d}").mkdir(parents=True)
+        (run / f"checkpoint_{step:08d}" / "model.pt").write_bytes(b"x")
+    assert latest_checkpoint(str(run)).endswith("checkpoint_00000040")  # no record: by the files
+    record = {"checkpoint_results": [{"checkpoint_dir_name": "checkpoint_00000020"}]}
+    (run / "checkpoint_manager_snapshot.json").write_text(json.dumps(record))
+    assert latest_checkpoint(str(run)).endswith("checkpoint_00000020")
+
+
 def _train_command(dataset: Path, out: Path, *extra: str) -> list[str]:
     return [
         sys.executable, "-m", "l2s.cli", "train", str(dataset), "--out", str(out),
