@@ -1,11 +1,13 @@
 """Training throughput, memory and model FLOP utilisation on Ray Train.
 
-    python benchmarks/train.py                       # CPU: tiny preset, DDP 1 vs 2 workers, ZeRO-2
+    python benchmarks/train.py                       # CPU: tiny preset; the plain loop vs Ray Train
     python benchmarks/train.py --gpu --preset base   # GPU: DeepSpeed ZeRO-2 bf16, one worker per GPU
 
 Each variant trains the same toy feature dataset (`l2s.train.toy`, clips of 50–100 frames) for a
-fixed time in a fresh run directory, in this one process's local Ray. Reported per variant, from
-the run's own reports (warm-up excluded: the first report is dropped):
+fixed time in a fresh run directory. On CPU the first variant is the same loop in this process
+without Ray (`train(..., local=True)`): the ratios of the Ray Train variants against it are what
+Ray costs on this machine. Reported per variant, from the run's own reports (warm-up excluded: the
+first report is dropped):
   samples/s    clips per second over all workers; frames/s: video frames (25 fps) per second
   TFLOP/s      model FLOPs (forward + backward, counted once by torch's FlopCounterMode on a
                typical batch) times samples/s
@@ -46,18 +48,20 @@ def flops_per_sample(preset: str, frames: int = 75, batch: int = 4) -> float:
 
 
 class WorkerMemory(threading.Thread):
-    """Peak summed RSS of this process's Ray worker children (CPU runs)."""
+    """Peak summed RSS of this process's Ray worker children (CPU runs); of this process itself
+    when it trains without Ray (`local`)."""
 
-    def __init__(self) -> None:
+    def __init__(self, local: bool) -> None:
         super().__init__(daemon=True)
+        self.local = local
         self.peak = 0
         self.done = threading.Event()
 
     def run(self) -> None:
         me = psutil.Process()
         while not self.done.wait(0.5):
-            total = 0
-            for child in me.children(recursive=True):
+            total = me.memory_info().rss if self.local else 0
+            for child in [] if self.local else me.children(recursive=True):
                 try:
                     if child.cmdline()[:1] and "RayTrainWorker" in child.cmdline()[0]:
                         total += child.memory_info().rss
@@ -66,10 +70,12 @@ class WorkerMemory(threading.Thread):
             self.peak = max(self.peak, total)
 
 
-def run_variant(name: str, dataset: str, out: Path, minutes: float, **settings) -> dict:
+def run_variant(
+    name: str, dataset: str, out: Path, minutes: float, local: bool = False, **settings
+) -> dict:
     from l2s.train import TrainConfig, train
 
-    memory = WorkerMemory()
+    memory = WorkerMemory(local)
     memory.start()
     cfg = TrainConfig(
         dataset=dataset,
@@ -83,7 +89,7 @@ def run_variant(name: str, dataset: str, out: Path, minutes: float, **settings) 
         n_val_audio=0,
         **settings,
     )
-    summary = train(cfg)
+    summary = train(cfg, local=local)
     memory.done.set()
     reports = [m for m in summary.history if "train/samples_per_s" in m][1:] or summary.history
     samples = sum(m["train/samples_per_s"] for m in reports) / len(reports)
@@ -124,7 +130,8 @@ def main() -> None:
                 )
         else:
             variants = [
-                ("ddp 1 worker", dict(workers=1)),
+                ("plain process", dict(workers=1, local=True)),
+                ("ray train 1 worker", dict(workers=1)),
                 ("ddp 2 workers", dict(workers=2)),
                 ("zero-2 2 workers", dict(workers=2, strategy="deepspeed", zero_stage=2)),
             ]

@@ -342,14 +342,25 @@ def score(
 @app.command()
 def demo(
     out: Annotated[str, typer.Option(help="Folder for everything the demo makes.")] = "out/demo",
-    speakers: Annotated[int, typer.Option(help="Speakers in the synthetic corpus.")] = 4,
-    utterances: Annotated[int, typer.Option(help="Utterances per speaker.")] = 40,
-    minutes: Annotated[float, typer.Option(help="Training time of the tiny preset.")] = 7.0,
+    quick: Annotated[
+        bool, typer.Option(help="A few clips and a minute of training: does everything run?")
+    ] = False,
+    speakers: Annotated[int | None, typer.Option(help="Speakers in the synthetic corpus.")] = None,
+    utterances: Annotated[int | None, typer.Option(help="Utterances per speaker.")] = None,
+    steps: Annotated[int | None, typer.Option(help="Training steps of the tiny preset.")] = None,
+    minutes: Annotated[
+        float | None, typer.Option(help="Most minutes of training (stops there, even short).")
+    ] = None,
 ) -> None:
     """The whole system on a local Ray: synth → preprocess → train → generate → score → report."""
-    from l2s.demo import run_demo
+    from l2s.demo import DemoConfig, run_demo
+    from l2s.demo import quick as quick_config
 
-    run_demo(out, speakers, utterances, minutes)
+    cfg = quick_config(out) if quick else DemoConfig(out=out)
+    given = {"speakers": speakers, "utterances": utterances, "steps": steps}
+    given["max_train_minutes"] = minutes
+    cfg = dataclasses.replace(cfg, **{k: v for k, v in given.items() if v is not None})
+    run_demo(cfg)
 
 
 @app.command()

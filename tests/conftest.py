@@ -12,7 +12,20 @@ import pytest
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "real"
+
+def _shared() -> Path:
+    """The workplace's shared data (real fixtures, GRID s1): $L2S_SHARED, else `shared/` beside the
+    clone, else /work/shared (where a clone elsewhere, such as CI's, still finds it)."""
+    candidates = [os.environ.get("L2S_SHARED"), Path(__file__).resolve().parents[2] / "shared"]
+    for candidate in [*candidates, "/work/shared"]:
+        if candidate and Path(candidate).is_dir():
+            return Path(candidate)
+    return Path(__file__).resolve().parents[2] / "shared"
+
+
+SHARED = _shared()
+FIXTURES = SHARED / "fixtures" / "real"
+GRID_S1 = SHARED / "data" / "grid_s1"
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import itertools
 import math
 import pickle
-from pathlib import Path
 
 import librosa
 import numpy as np
@@ -13,13 +12,14 @@ import pesq
 import pystoi
 import pytest
 import soundfile as sf
+from conftest import FIXTURES
 
 from l2s.config import AUDIO
 from l2s.evaluate import metrics
 from l2s.evaluate.asr import GRID_WORDS, ASRBackend, PocketSphinxASR, asr_for_corpus
 from l2s.evaluate.metrics import MetricUnavailable
 
-REAL = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "real"
+REAL = FIXTURES
 SPEECH = REAL / "python-pesq__speech.wav"
 # Harvard sentence list 1, no. 1: what the fixture says (checked by ear and by the ASR below).
 SPEECH_TEXT = "The birch canoe slid on the smooth planks."
@@ -188,9 +188,8 @@ GRID_SENTENCES = (
 
 
 def test_grid_grammar_recognises_espeak_sentences() -> None:
-    espeak = pytest.importorskip(
-        "l2s.synth.espeak", reason="GRID speech comes from l2s.synth.espeak"
-    )
+    from l2s.synth import espeak
+
     asr = asr_for_corpus("grid")
     vocabulary = {w.upper() for words in GRID_WORDS.values() for w in words}
     references, heard = [], []

@@ -177,7 +177,6 @@ def test_a_killed_ddp_run_resumes_learns_and_its_checkpoint_loads_without_ray(
 def test_deepspeed_zero2_on_cpu_trains_checkpoints_and_resumes(
     toy: Path, tmp_path: Path, ray_local
 ) -> None:
-    pytest.importorskip("deepspeed")
     base = dict(
         dataset=str(toy), out=str(tmp_path / "ds"), batch_size=6, warmup_steps=2,
         val_every=6, ckpt_every=6, workers=2, strategy="deepspeed", zero_stage=2,

@@ -24,9 +24,9 @@ from l2s.models.hifigan import (
 )
 from l2s.pipeline import shards
 from l2s.train.logs import read_metrics
+from l2s.train.tasks.vocoder import score_clips
 from l2s.train.vocoder import VocoderTrainConfig, learning_rate, train_vocoder
 from l2s.train.vocoder_data import index_vocoder_dataset, read_val_clips, segments
-from l2s.train.vocoder_loop import score_clips
 from l2s.vocoder import GriffinLim, load_vocoder
 
 

@@ -15,6 +15,10 @@ def connect() -> None:
     if os.environ.get("RAY_ADDRESS"):
         ray.init(log_to_driver=False)
     else:
+        # Ray starts its workers at niceness 15, below every ordinary process: on a shared 2-core
+        # machine under load the training worker then gets a sliver of a core. Here the work is
+        # the workers', so they run at the driver's priority.
+        os.environ.setdefault("RAY_worker_niceness", "0")
         # address="local": never attach to a stale cluster left on this machine.
         ray.init(address="local", include_dashboard=False, log_to_driver=False)
 

@@ -26,7 +26,7 @@ from l2s.train.speakers import SpeakerTable
 
 MODEL_FILE = "model.pt"
 VOCODER_FILE = (
-    "vocoder.pt"  # a HiFi-GAN run's checkpoints hold this instead (train/vocoder_loop.py)
+    "vocoder.pt"  # a HiFi-GAN run's checkpoints hold this instead (train/tasks/vocoder.py)
 )
 CONFIG_FILE = "config.json"
 TRAIN_STATE_FILE = "train_state.pt"

@@ -3,8 +3,8 @@
 A feature dataset stores each clip's log-mel but no waveform, so the audio comes from the source
 videos named in the manifest the dataset was made from (`l2s.generate.source_videos`), decoded with
 the same `load_audio` and cut to the same `n_frames · 640` samples that preprocessing turned into
-that mel. No second copy of the audio is kept on disk: on Ray Data the decode is one more map step
-after the Parquet read, and a dataset whose decoded audio fits in `MATERIALIZE_BYTES` is decoded
+that mel. No second copy of the audio is kept on disk: the decode is one more map step after the
+Parquet read (`session.Source.transform`), and on Ray Data a dataset whose decoded audio fits in `MATERIALIZE_BYTES` is decoded
 once and kept in Ray's object store for every epoch; a larger one is decoded again each epoch.
 
 Workers cut every clip into consecutive segments of `segment_frames` mel frames at a random phase
@@ -17,6 +17,7 @@ Letters in shape names: B batch, M mel bands, F mel frames, S samples (F · 160)
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -35,6 +36,7 @@ from l2s.train.data import (
     feature_files,
     select_val,
 )
+from l2s.train.session import Source
 
 COLUMNS = ["id", "n_frames", "mel"]
 SAMPLES_PER_FRAME = MELS_PER_FRAME * AUDIO.hop_length  # audio samples per video frame
@@ -103,7 +105,7 @@ def clip_audio(video: str, n_frames: int, clip_id: str) -> np.ndarray:
 
 
 def with_audio(batch: dict[str, np.ndarray], videos: dict[str, str]) -> dict[str, np.ndarray]:
-    """Ray Data step: add each clip's recording (float32 bytes) as the column `wav`."""
+    """Per-batch step: add each clip's recording (float32 bytes) as the column `wav`."""
     wavs = [
         clip_audio(videos[str(i)], int(n), str(i)).tobytes()
         for i, n in zip(batch["id"], batch["n_frames"], strict=True)
@@ -111,32 +113,16 @@ def with_audio(batch: dict[str, np.ndarray], videos: dict[str, str]) -> dict[str
     return {**batch, "wav": np.array(wavs, dtype=object)}
 
 
-def read_train_audio(index: VocoderIndex):
-    """The Ray Data dataset of train clips with their mels and recordings."""
-    import ray.data
-    from ray.data.expressions import col
-
-    from l2s.pipeline.runtime import worker_env
-
-    fs, _ = storage.arrow_filesystem(index.files[0])
-    remote = worker_env()
-    dataset = (
-        ray.data.read_parquet(
-            [storage.arrow_filesystem(f)[1] for f in index.files],
-            filesystem=fs,
-            shuffle="files",
-            num_cpus=0.25,
-            ray_remote_args=remote or None,
-        )
-        .select_columns([*COLUMNS, "split"])  # pushed down into the Parquet scan
-        .filter(expr=col("split") == "train", num_cpus=0.25, **remote)
-        .select_columns(COLUMNS)
-        # Quarter CPUs, as the lip-to-speech reads: Train workers hold most of a small machine.
-        .map_batches(
-            with_audio, fn_kwargs={"videos": index.videos}, batch_size=8, num_cpus=0.25, **remote
-        )
+def train_audio(index: VocoderIndex) -> Source:
+    """The train clips with their mels and recordings (decoded by a per-batch step)."""
+    return Source(
+        files=index.files,
+        split="train",
+        columns=tuple(COLUMNS),
+        shuffle_files=True,
+        transform=functools.partial(with_audio, videos=index.videos),
+        materialize=index.train_bytes <= MATERIALIZE_BYTES,
     )
-    return dataset.materialize() if index.train_bytes <= MATERIALIZE_BYTES else dataset
 
 
 def read_val_clips(index: VocoderIndex) -> list[dict]:
