@@ -375,7 +375,7 @@ class Dubber:
 
 def make_plan(dst: str, cfg: DubConfig) -> DubPlan:
     """Fix the checkpoint (a run directory's latest, now) and the voice, once for the whole run."""
-    from l2s.train.checkpoint import read_config
+    from l2s.infer.checkpoint import read_config
 
     gen = Generator.load(cfg.checkpoint)
     reference = cfg.reference_audio

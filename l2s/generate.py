@@ -28,12 +28,11 @@ from l2s import storage
 from l2s.audio import write_wav
 from l2s.config import AUDIO, MELS_PER_FRAME, VIDEO
 from l2s.corpora import read_manifest
-from l2s.models.frontend import normalize_video
+from l2s.infer.checkpoint import load_model, resolve
+from l2s.infer.speakers import SpeakerTable
+from l2s.models.frontend import crop, normalize_video
 from l2s.models.lip2speech import Lip2Speech
 from l2s.pipeline import shards
-from l2s.train.checkpoint import load_checkpoint, resolve
-from l2s.train.data import crop
-from l2s.train.speakers import SpeakerTable
 from l2s.vocoder import Vocoder, load_vocoder
 
 GENERATED = "generated"  # folder of output-record shards in a results folder
@@ -49,7 +48,7 @@ class Generator:
     @classmethod
     def load(cls, checkpoint: str, device: str = "cpu") -> Generator:
         uri = resolve(checkpoint)
-        model, _, speakers = load_checkpoint(uri, device)
+        model, speakers = load_model(uri, device)
         return cls(model, speakers, uri)
 
     def speaker(self, name: str) -> np.ndarray | None:
