@@ -365,8 +365,8 @@ def speak(
 ) -> None:
     """Speak for one video: mouth ROIs → mel → waveform (Griffin-Lim or HiFi-GAN), any frame rate
     or length."""
-    from l2s.speak import SpeakError
-    from l2s.speak import speak as run_speak
+    from l2s.infer import SpeakError
+    from l2s.infer.speak import speak as run_speak
 
     try:
         spoken = run_speak(video, checkpoint, out, reference_audio, speaker, vocoder=vocoder)
@@ -399,7 +399,7 @@ def dub(
     """Give speech to every video under SRC not yet dubbed into DST, on Ray (rerun to resume):
     the video stream copied, the speech as its audio track, a JSON sidecar beside each."""
     from l2s.dub import DubConfig, run_dub
-    from l2s.speak import SpeakError
+    from l2s.infer import SpeakError
 
     try:
         cfg = DubConfig(

@@ -19,19 +19,20 @@ import soundfile as sf
 from l2s.config import AUDIO, VIDEO
 from l2s.evaluate.report import write_report
 from l2s.evaluate.split import SCORES_FILE, score_results, summarize
-from l2s.generate import GENERATED, read_generated, split_speakers
+from l2s.infer import SpeakError
+from l2s.infer.speak import speak
+from l2s.infer.voice import split_speakers
 from l2s.pipeline import shards
-from l2s.pipeline.generate import generate_split
-from l2s.speak import SpeakError, speak
+from l2s.pipeline.generate import GENERATED, generate_split, read_generated
 from l2s.video import read_frames, write_video
 
 SAMPLES_PER_FRAME = AUDIO.sample_rate // VIDEO.fps
 
 
 def test_no_clip_is_conditioned_on_its_own_audio(synth_features: str, checkpoint: str) -> None:
-    from l2s.generate import Generator
+    from l2s.infer.model import SpeechModel
 
-    table = Generator.load(checkpoint).speakers
+    table = SpeechModel.load(checkpoint).speakers
     for split in ("test", "test_unseen_speakers"):
         rows = shards.read_features(synth_features, split=split)
         chosen = split_speakers([vars(r) for r in rows], table)
@@ -52,15 +53,15 @@ def test_no_clip_is_conditioned_on_its_own_audio(synth_features: str, checkpoint
 
 
 def test_a_padded_batch_gives_each_clip_its_own_mel(synth_features: str, checkpoint: str) -> None:
-    from l2s.generate import Generator
+    from l2s.infer.model import SpeechModel
 
-    gen = Generator.load(checkpoint)
+    model = SpeechModel.load(checkpoint)
     rows = shards.read_features(synth_features, split="test")
     assert len({r.n_frames for r in rows}) > 1, "clips of different lengths, so padding happens"
     voices = [np.asarray(r.speaker_embedding, np.float32) for r in rows[:-1]] + [None]
-    batched = gen.mels([r.roi_THW() for r in rows], voices)
+    batched = model.mels([r.roi_THW() for r in rows], voices)
     for row, voice_D, mel_MF in zip(rows, voices, batched, strict=True):
-        single_MF = gen.mel(row.roi_THW(), voice_D)
+        single_MF = model.mel(row.roi_THW(), voice_D)
         assert mel_MF.shape == single_MF.shape == (AUDIO.n_mels, 4 * row.n_frames)
         np.testing.assert_allclose(mel_MF, single_MF, atol=1e-4)
 

@@ -1,5 +1,5 @@
 """HiFi-GAN vocoder training on Ray Train: `train_vocoder(VocoderTrainConfig)` runs (or resumes) a
-run; `l2s.vocoder.load_vocoder(run)` turns its latest checkpoint into a mel → waveform function.
+run; `l2s.infer.vocoder.load_vocoder(run)` turns its latest checkpoint into a mel → waveform function.
 
     from l2s.train.vocoder import VocoderTrainConfig, train_vocoder
     summary = train_vocoder(VocoderTrainConfig(dataset="out/features", out="out/runs/hifigan"))

@@ -8,7 +8,7 @@ Workers stay in lockstep as in `l2s.train.loop` (flags all-reduced at each step)
 
   vocoder.pt      the generator (fp32, weight norm as parametrizations) + its HiFiGANConfig, the
                   exact VocoderTrainConfig, the progress and the dataset's metadata: all inference
-                  needs (`l2s.vocoder.load_vocoder`)
+                  needs (`l2s.infer.vocoder.load_vocoder`)
   train_state.pt  the discriminators and both optimizers: what resuming needs beyond that
   config.json     the configs, progress and metrics as JSON
 
