@@ -307,7 +307,7 @@ def generate(
 
     connect()
     summary = generate_split(
-        dataset, split, checkpoint, out, batch_size=batch_size, workers=workers
+        dataset, split, checkpoint, out, batch_size=batch_size, workers=workers, vocoder=vocoder
     )
     console.print(
         f"{split}: {summary.clips} clips generated ({summary.skipped} already done), "

@@ -15,23 +15,28 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
+import torch
+from typer.testing import CliRunner
 
+from l2s.cli import app
 from l2s.config import AUDIO, VIDEO
 from l2s.evaluate.report import write_report
 from l2s.evaluate.split import SCORES_FILE, score_results, summarize
 from l2s.infer import SpeakError
+from l2s.infer.checkpoint import VOCODER_FILE
+from l2s.infer.model import SpeechModel
 from l2s.infer.speak import speak
+from l2s.infer.vocoder import load_vocoder
 from l2s.infer.voice import split_speakers
+from l2s.models.hifigan import Generator, tiny
 from l2s.pipeline import shards
-from l2s.pipeline.generate import GENERATED, generate_split, read_generated
+from l2s.pipeline.generate import GENERATED, generate_split, mel_of, read_generated
 from l2s.video import read_frames, write_video
 
 SAMPLES_PER_FRAME = AUDIO.sample_rate // VIDEO.fps
 
 
 def test_no_clip_is_conditioned_on_its_own_audio(synth_features: str, checkpoint: str) -> None:
-    from l2s.infer.model import SpeechModel
-
     table = SpeechModel.load(checkpoint).speakers
     for split in ("test", "test_unseen_speakers"):
         rows = shards.read_features(synth_features, split=split)
@@ -53,8 +58,6 @@ def test_no_clip_is_conditioned_on_its_own_audio(synth_features: str, checkpoint
 
 
 def test_a_padded_batch_gives_each_clip_its_own_mel(synth_features: str, checkpoint: str) -> None:
-    from l2s.infer.model import SpeechModel
-
     model = SpeechModel.load(checkpoint)
     rows = shards.read_features(synth_features, split="test")
     assert len({r.n_frames for r in rows}) > 1, "clips of different lengths, so padding happens"
@@ -105,6 +108,35 @@ def test_generate_and_score_a_split_with_both_baselines(
     text = report.read_text()
     assert text.count("<audio") == 4 * len(records) and "data:image/png;base64," in text
     assert (out / "reference" / f"{records[0]['id']}.wav").exists()
+
+
+def untrained_hifigan(run: Path) -> str:
+    """A HiFi-GAN run directory holding one step-0 checkpoint, laid out as training writes it."""
+    cfg = tiny()
+    folder = run / "checkpoint_00000000"
+    folder.mkdir(parents=True)
+    torch.manual_seed(0)
+    saved = {"generator": Generator(cfg).state_dict(), "model_config": cfg.to_dict()}
+    torch.save({**saved, "progress": {"step": 0}}, folder / VOCODER_FILE)
+    return str(run)
+
+
+def test_generate_command_vocodes_with_the_vocoder_it_is_given(
+    synth_features: str, checkpoint: str, ray_local, tmp_path: Path
+) -> None:
+    hifigan = untrained_hifigan(tmp_path / "hifigan")
+    out = tmp_path / "test"
+    command = ["generate", synth_features, "--checkpoint", checkpoint, "--out", str(out)]
+    result = CliRunner().invoke(app, [*command, "--split", "test", "--vocoder", hifigan])
+    assert result.exit_code == 0, result.output
+    vocoder = load_vocoder(hifigan)
+    records = read_generated(str(out))
+    assert {r["vocoder"] for r in records} == {vocoder.name}
+    assert vocoder.name == f"hifigan:{hifigan}/checkpoint_00000000"
+    for record in records:  # the wavs are HiFi-GAN's (a batch pads: its last samples may differ)
+        wav_S, _ = sf.read(record["wav"], dtype="float32")
+        expected_S = vocoder(mel_of(record, "mel"))
+        np.testing.assert_allclose(wav_S[:-2048], expected_S[:-2048], atol=1e-3)
 
 
 def test_speak_gives_a_wav_of_each_real_clips_length(
