@@ -294,7 +294,9 @@ def generate(
     checkpoint: Checkpoint,
     out: Annotated[str, typer.Option(help="Results folder: wavs/ and generated/ records.")],
     split: Annotated[str, typer.Option(help="Split to generate.")] = "test",
-    batch_size: Annotated[int, typer.Option(help="Clips per model call.")] = 8,
+    batch_size: Annotated[
+        int, typer.Option(help="Clips per batch, and 10-s model windows per forward pass.")
+    ] = 8,
     workers: Annotated[
         int | None, typer.Option(help="Model actors (default: one per GPU, else per CPU).")
     ] = None,

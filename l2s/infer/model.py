@@ -2,7 +2,9 @@
 
     model = SpeechModel.load("out/runs/tiny")            # a run directory or one checkpoint
     mel_MF = model.mel(roi_THW, model.speaker("s01"))    # a named training speaker's voice
-    mels = model.mels([roi_a, roi_b], [voice_a, None])   # a padded batch in one forward pass
+    mels = model.mels([roi_a, roi_b], [voice_a, None])   # clips of any length, windows batched
+
+Every clip runs over the model windows of `l2s.infer.windows`, whoever calls.
 
 Letters in shape names: T video frames, H×W pixels, M mel bands, F mel frames, D embedding size.
 """
@@ -14,10 +16,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from l2s.config import MELS_PER_FRAME, VIDEO
 from l2s.infer.checkpoint import load_model, resolve
 from l2s.infer.speakers import SpeakerTable
+from l2s.infer.windows import WINDOW, WINDOWS_PER_PASS, blend_windows, window_starts
 from l2s.models.frontend import crop, normalize_video
 from l2s.models.lip2speech import Lip2Speech
 
@@ -42,15 +46,47 @@ class SpeechModel:
         """96×96 uint8 mouth ROIs at 25 fps → log-mel M×(4·T) (centre 88×88 crop, as in validation)."""
         return self.mels([roi_THW], [speaker_D])[0]
 
-    @torch.inference_mode()
     def mels(
-        self, rois: Sequence[np.ndarray], speakers: Sequence[np.ndarray | None]
+        self,
+        rois: Sequence[np.ndarray],
+        speakers: Sequence[np.ndarray | None],
+        per_pass: int = WINDOWS_PER_PASS,
+        progress: bool = False,
     ) -> list[np.ndarray]:
-        """Several clips in one forward pass (the server's dynamic batches): the ROIs are padded
-        to the longest clip, the model masks the padding, and each mel is cut back to 4·T.
-        A missing speaker is the zero vector, the model's "no speaker" input."""
+        """Clips of any length → one mel each: every clip is cut into its model windows, the
+        windows of all clips run in padded forward passes of up to `per_pass` windows
+        (`window_mels`), and each clip's windows are cross-faded back into one mel of 4·T frames."""
         if len(rois) != len(speakers):
             raise ValueError(f"{len(rois)} clips but {len(speakers)} speaker embeddings")
+        starts = [window_starts(len(roi_THW)) for roi_THW in rois]
+        windows = [
+            (roi_THW[start : start + WINDOW], speaker_D)
+            for roi_THW, speaker_D, clip_starts in zip(rois, speakers, starts, strict=True)
+            for start in clip_starts
+        ]
+        passes = range(0, len(windows), per_pass)
+        window_mels: list[np.ndarray] = []
+        for first in tqdm(passes, desc="model", unit="pass", leave=False, disable=not progress):
+            batch = windows[first : first + per_pass]
+            window_mels += self.window_mels([w for w, _ in batch], [s for _, s in batch])
+        in_order = iter(window_mels)
+        return [
+            blend_windows([next(in_order) for _ in clip_starts], clip_starts, len(roi_THW))
+            for roi_THW, clip_starts in zip(rois, starts, strict=True)
+        ]
+
+    @torch.inference_mode()
+    def window_mels(
+        self, rois: Sequence[np.ndarray], speakers: Sequence[np.ndarray | None]
+    ) -> list[np.ndarray]:
+        """Clips of at most one window each in one forward pass (the endpoint's batches of the
+        windows of concurrent requests): the ROIs are padded to the longest clip, the model masks
+        the padding, and each mel is cut back to 4·T. A missing speaker is the zero vector, the
+        model's "no speaker" input."""
+        if len(rois) != len(speakers):
+            raise ValueError(f"{len(rois)} clips but {len(speakers)} speaker embeddings")
+        if max(len(roi_THW) for roi_THW in rois) > WINDOW:
+            raise ValueError(f"a clip over one model window ({WINDOW} frames): use `mels`")
         device = self.network.mel_mean_M.device
         lengths = [len(roi_THW) for roi_THW in rois]
         size = VIDEO.crop_size

@@ -31,7 +31,6 @@ from l2s.infer import SpeakError
 from l2s.infer.model import SpeechModel
 from l2s.infer.vocoder import load_vocoder
 from l2s.infer.voice import voice
-from l2s.infer.windows import windowed_mel
 from l2s.video import VideoError, iter_frames, probe
 
 # Frames per face-tracking chunk, and frames each chunk shares with the previous one (so the
@@ -139,7 +138,7 @@ def speak_with(
     _check_video(video)
     speaker_D, described = chosen_voice
     roi_THW, face_ratio = mouth_rois(video, cfg)
-    mel_MF = windowed_mel(model, roi_THW, speaker_D)
+    (mel_MF,) = model.mels([roi_THW], [speaker_D], progress=True)
     wav_S = load_vocoder(vocoder)(mel_MF)
     write_wav(out, wav_S)
     return Spoken(

@@ -2,9 +2,10 @@
 
     read   (Parquet scan)  the split's rows not yet generated, only the columns generation needs
     model  (actor pool)    the checkpoint loaded once per actor (a GPU actor when the cluster has
-                           GPUs); each batch goes through `generate_clips`: the model
-                           (`l2s.infer.model`) in padded forward passes, the vocoder, and its
-                           records written as one whole shard (`results/generated/part-*`)
+                           GPUs); each batch goes through `generate_clips`: the model over
+                           the clips' 10-s windows (`l2s.infer.windows`) in padded forward
+                           passes, the vocoder, and its records written as one whole shard
+                           (`results/generated/part-*`)
 The voice of every clip is chosen on the driver, over the whole split, by
 `l2s.infer.voice.split_speakers` (the leave-one-out rule needs all of a speaker's clips). A rerun skips ids already in a shard, as
 preprocessing does; a wav is written before the shard that names it, so a shard never points at a
@@ -53,14 +54,16 @@ def generate_clips(
     """One batch of feature rows (dicts with id, speaker, split, transcript, n_frames, roi, mel)
     → wavs in `out/wavs/` (written atomically) and one output record per clip.
 
-    `vocode`: a `l2s.infer.vocoder` vocoder (default Griffin-Lim); its name is kept in each record so
-    that scoring sends the ground-truth mel through the same one."""
+    The model runs over each clip's windows as `l2s speak` does (`SpeechModel.mels`), so that
+    scoring measures the speech `speak` gives; a forward pass takes as many windows as the batch
+    has clips. `vocode`: a `l2s.infer.vocoder` vocoder (default Griffin-Lim); its name is kept in
+    each record so that scoring sends the ground-truth mel through the same one."""
     vocode = vocode or load_vocoder(None)
     rois = [
         np.frombuffer(c["roi"], np.uint8).reshape(c["n_frames"], VIDEO.roi_size, VIDEO.roi_size)
         for c in clips
     ]
-    mels = model.mels(rois, [voices[c["id"]][0] for c in clips])
+    mels = model.mels(rois, [voices[c["id"]][0] for c in clips], per_pass=len(clips))
     mean_M = model.mean_mel(1)[:, 0].tolist()
     records = []
     wavs = vocode.batch(mels)

@@ -4,9 +4,10 @@ per-clip functions `l2s speak` runs (`l2s.infer`), so the endpoint and the CLI s
     Preprocess   CPU. Upload bytes → checked against the limits → 96×96 mouth ROIs
                  (decode at 25 fps, dlib face tracking, mouth crop). One clip at a time per
                  replica; replicas autoscale on the requests waiting.
-    Synthesizer  The model (on a GPU when one is given). Mouth ROIs → 10-s model windows, batched
-                 across requests with `@serve.batch` (padded to the longest, one forward pass),
-                 cross-faded back into one mel per clip → the vocoder, batched the same way
+    Synthesizer  The model (on a GPU when one is given). Mouth ROIs → 10-s model windows
+                 (`l2s.infer.windows`, as everywhere else), batched across requests with
+                 `@serve.batch` (padded to the longest, one forward pass), cross-faded back
+                 into one mel per clip → the vocoder, batched the same way
                  (HiFi-GAN in one forward pass; Griffin-Lim gains nothing from a batch on a
                  CPU and runs its clips one by one).
 
@@ -105,7 +106,7 @@ class Synthesizer:
         self, rois: list[np.ndarray], speakers: list[np.ndarray | None]
     ) -> list[np.ndarray]:
         self.batches["model"][len(rois)] += 1
-        return await asyncio.to_thread(self.model.mels, rois, speakers)
+        return await asyncio.to_thread(self.model.window_mels, rois, speakers)
 
     @serve.batch
     async def vocode(self, mels: list[np.ndarray]) -> list[np.ndarray]:
