@@ -22,13 +22,14 @@ import ray.train.torch
 import torch
 import torch.distributed as dist
 
+from l2s.infer.checkpoint import read_model
+from l2s.infer.speakers import SpeakerTable
 from l2s.models.lip2speech import Lip2Speech, count_parameters
 from l2s.models.losses import lip2speech_loss
 from l2s.train import checkpoint as ckpt
 from l2s.train.config import TrainConfig
 from l2s.train.data import Batch, DatasetError, train_batches, val_batches, val_clips
 from l2s.train.logs import RunLog
-from l2s.train.speakers import SpeakerTable
 from l2s.train.validation import validate
 
 
@@ -141,7 +142,7 @@ def train_loop(config: dict) -> None:
     restored = ray.train.get_checkpoint()
     if restored is not None:
         with restored.as_directory() as folder:
-            saved = ckpt.read_model(folder)
+            saved = read_model(folder)
         _check_resumable(saved, cfg, rank)
         model.load_state_dict(saved["model"])
         progress = ckpt.Progress(**saved["progress"])

@@ -1,5 +1,5 @@
 """HiFi-GAN vocoder training on Ray Train: `train_vocoder(VocoderTrainConfig)` runs (or resumes) a
-run; `l2s.vocoder.load_vocoder(run)` turns its latest checkpoint into a mel → waveform function.
+run; `l2s.infer.vocoder.load_vocoder(run)` turns its latest checkpoint into a mel → waveform function.
 
     from l2s.train.vocoder import VocoderTrainConfig, train_vocoder
     summary = train_vocoder(VocoderTrainConfig(dataset="out/features", out="out/runs/hifigan"))
@@ -118,10 +118,10 @@ def train_vocoder(cfg: VocoderTrainConfig) -> TrainSummary:
     from ray.train.torch import TorchTrainer
 
     from l2s.audio import griffin_lim
+    from l2s.infer.checkpoint import VOCODER_FILE
     from l2s.models.hifigan import Discriminators, Generator, count_parameters
     from l2s.pipeline.runtime import connect
     from l2s.train import echo_reports, run_config, summarize_run, worker_resources
-    from l2s.train.checkpoint import VOCODER_FILE
     from l2s.train.vocoder_data import index_vocoder_dataset, read_train_audio, read_val_clips
     from l2s.train.vocoder_loop import score_clips, vocoder_loop
 
