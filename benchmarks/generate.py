@@ -33,17 +33,18 @@ def serial(dataset: str, split: str, checkpoint: str, out: str, vocoder: str) ->
     """One clip after another in this process (the baseline)."""
 
     from l2s.audio import write_wav
-    from l2s.generate import Generator, split_speakers
+    from l2s.infer.model import SpeechModel
+    from l2s.infer.vocoder import load_vocoder
+    from l2s.infer.voice import split_speakers
     from l2s.pipeline import shards
-    from l2s.vocoder import load_vocoder
 
     start = time.perf_counter()
-    gen, vocode = Generator.load(checkpoint), load_vocoder(vocoder)
+    model, vocode = SpeechModel.load(checkpoint), load_vocoder(vocoder)
     rows = shards.read_features(dataset, split=split)
-    voices = split_speakers([vars(r) for r in rows], gen.speakers)
+    voices = split_speakers([vars(r) for r in rows], model.speakers)
     samples = 0
     for row in rows:
-        wav_S = vocode(gen.mel(row.roi_THW(), voices[row.id][0]))
+        wav_S = vocode(model.mel(row.roi_THW(), voices[row.id][0]))
         write_wav(Path(out) / f"{row.id}.wav", wav_S)
         samples += len(wav_S)
     seconds = time.perf_counter() - start
@@ -66,7 +67,7 @@ def on_ray(dataset: str, split: str, checkpoint: str, out: str, vocoder: str, cp
 
 
 def speak_fixtures(checkpoint: str, out: str, vocoder: str) -> dict:
-    from l2s.speak import speak
+    from l2s.infer.speak import speak
 
     clips = sorted(FIXTURES.glob("*.mp4"))
     if not clips:

@@ -100,18 +100,18 @@ def stage_costs(clips: list[Path], checkpoint: str, vocoder: str | None) -> None
 
     from l2s.config import VIDEO
     from l2s.features import FeatureConfig
-    from l2s.generate import Generator
-    from l2s.speak import mouth_rois
+    from l2s.infer.model import SpeechModel
+    from l2s.infer.speak import mouth_rois
+    from l2s.infer.vocoder import load_vocoder
     from l2s.video import iter_frames
-    from l2s.vocoder import load_vocoder
 
     torch.set_num_threads(1)
     cfg = FeatureConfig()
-    gen = Generator.load(checkpoint)
+    model = SpeechModel.load(checkpoint)
     vocode = load_vocoder(vocoder)
     # Warm-up: dlib's models load, and torch's first FFT and forward pass cost ~1 s that no
     # later request pays.
-    vocode(gen.mel(mouth_rois(str(clips[0]), cfg)[0], None))
+    vocode(model.mel(mouth_rois(str(clips[0]), cfg)[0], None))
     timed: dict[str, list[Timer]] = {"decode": [], "preprocess": [], "model": [], "vocoder": []}
     rois, mels = [], []
     for clip in clips:
@@ -123,14 +123,14 @@ def stage_costs(clips: list[Path], checkpoint: str, vocoder: str | None) -> None
             rois.append(mouth_rois(str(clip), cfg)[0])
         timed["preprocess"].append(timer)
         with Timer() as timer:
-            mels.append(gen.mel(rois[-1], None))
+            mels.append(model.mel(rois[-1], None))
         timed["model"].append(timer)
         with Timer() as timer:
             vocode(mels[-1])
         timed["vocoder"].append(timer)
     eight = [i % len(clips) for i in range(8)]
     with Timer() as model_batch:
-        gen.mels([rois[i] for i in eight], [None] * 8)
+        model.mels([rois[i] for i in eight], [None] * 8)
     with Timer() as vocoder_batch:
         vocode.batch([mels[i] for i in eight])
     print("stage costs per clip, in process, torch on one thread (mean over the clips);")

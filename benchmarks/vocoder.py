@@ -25,10 +25,10 @@ METRICS = ("pesq_wb", "pesq_nb", "stoi", "estoi", "mcd")
 def run(dataset: str, split: str, specs: list[str | None], limit: int | None) -> list[dict]:
     from l2s.config import AUDIO
     from l2s.evaluate.metrics import score_utterance
-    from l2s.generate import source_videos
+    from l2s.infer.vocoder import load_vocoder
     from l2s.pipeline import shards
+    from l2s.pipeline.generate import source_videos
     from l2s.train.vocoder_data import clip_audio
-    from l2s.vocoder import load_vocoder
 
     rows = sorted(shards.read_features(dataset, split=split), key=lambda r: r.id)[:limit]
     if not rows:

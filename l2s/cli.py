@@ -294,7 +294,9 @@ def generate(
     checkpoint: Checkpoint,
     out: Annotated[str, typer.Option(help="Results folder: wavs/ and generated/ records.")],
     split: Annotated[str, typer.Option(help="Split to generate.")] = "test",
-    batch_size: Annotated[int, typer.Option(help="Clips per model call.")] = 8,
+    batch_size: Annotated[
+        int, typer.Option(help="Clips per batch, and 10-s model windows per forward pass.")
+    ] = 8,
     workers: Annotated[
         int | None, typer.Option(help="Model actors (default: one per GPU, else per CPU).")
     ] = None,
@@ -307,7 +309,7 @@ def generate(
 
     connect()
     summary = generate_split(
-        dataset, split, checkpoint, out, batch_size=batch_size, workers=workers
+        dataset, split, checkpoint, out, batch_size=batch_size, workers=workers, vocoder=vocoder
     )
     console.print(
         f"{split}: {summary.clips} clips generated ({summary.skipped} already done), "
@@ -376,8 +378,8 @@ def speak(
 ) -> None:
     """Speak for one video: mouth ROIs → mel → waveform (Griffin-Lim or HiFi-GAN), any frame rate
     or length."""
-    from l2s.speak import SpeakError
-    from l2s.speak import speak as run_speak
+    from l2s.infer import SpeakError
+    from l2s.infer.speak import speak as run_speak
 
     try:
         spoken = run_speak(video, checkpoint, out, reference_audio, speaker, vocoder=vocoder)
@@ -410,7 +412,7 @@ def dub(
     """Give speech to every video under SRC not yet dubbed into DST, on Ray (rerun to resume):
     the video stream copied, the speech as its audio track, a JSON sidecar beside each."""
     from l2s.dub import DubConfig, run_dub
-    from l2s.speak import SpeakError
+    from l2s.infer import SpeakError
 
     try:
         cfg = DubConfig(

@@ -3,7 +3,7 @@
     l2s dub s3://media/silent s3://media/dubbed --checkpoint s3://models/runs/base
 
 For each video under SRC (.mp4 .mov .mkv .avi .webm; local or s3://) that the ledger does not
-list as finished: speak for it (`l2s.speak`, the model loaded once per worker), mux the speech in
+list as finished: speak for it (`l2s.infer.speak`, the model loaded once per worker), mux the speech in
 as its only audio track with the video stream copied (`l2s.video.mux_audio`), and write
 `DST/<relative path>.mp4` with a JSON sidecar `DST/<relative path>.json` beside it (checkpoint,
 step, model config, voice, durations, compute time, and scores against the source's own audio
@@ -54,10 +54,12 @@ import numpy as np
 from l2s import __version__, storage
 from l2s.audio import AudioError, load_audio
 from l2s.features import FeatureConfig
-from l2s.generate import Generator
-from l2s.speak import SpeakError, speak_with, voice
+from l2s.infer import SpeakError
+from l2s.infer.model import SpeechModel
+from l2s.infer.speak import speak_with
+from l2s.infer.vocoder import load_vocoder
+from l2s.infer.voice import voice
 from l2s.video import VideoError, VideoInfo, mux_audio, probe
-from l2s.vocoder import load_vocoder
 
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".avi", ".webm")
 LEDGER = "_ledger"
@@ -119,7 +121,7 @@ class DubConfig:
     reference_audio: str | None = None  # or the voice of a recording (local or s3://)
     workers: int | None = None  # model actors; None: one per GPU, else one per CPU
     retry_failed: bool = False  # also redo videos that failed for good in earlier runs
-    vocoder: str | None = None  # an `l2s.vocoder` spec; None: Griffin-Lim
+    vocoder: str | None = None  # an `l2s.infer.vocoder` spec; None: Griffin-Lim
     features: FeatureConfig = field(default_factory=FeatureConfig)
 
     def __post_init__(self) -> None:
@@ -296,7 +298,7 @@ def _scores(source: str, info: VideoInfo, wav: str) -> tuple[dict | None, str]:
     return scores, str(row["nan_reasons"])
 
 
-def dub_video(gen: Generator, plan: DubPlan, video: SourceVideo) -> LedgerRecord:
+def dub_video(model: SpeechModel, plan: DubPlan, video: SourceVideo) -> LedgerRecord:
     """One source video → its dubbed mp4, sidecar and ledger record (the record written last).
 
     Returns the record: what is wrong with a video, or with reading or writing it, is a failure
@@ -313,7 +315,7 @@ def dub_video(gen: Generator, plan: DubPlan, video: SourceVideo) -> LedgerRecord
             stage = "speak"
             wav = os.path.join(work, "speech.wav")
             spoken = speak_with(
-                gen, (plan.voice_D, plan.voice), source, wav, plan.features, start, plan.vocoder
+                model, (plan.voice_D, plan.voice), source, wav, plan.features, start, plan.vocoder
             )
             scores, no_scores = _scores(source, info, wav)
             stage = "mux"
@@ -367,26 +369,28 @@ class Dubber:
         import torch
 
         self.plan = plan
-        self.gen = Generator.load(plan.checkpoint, "cuda" if torch.cuda.is_available() else "cpu")
+        self.model = SpeechModel.load(
+            plan.checkpoint, "cuda" if torch.cuda.is_available() else "cpu"
+        )
 
     def dub(self, video: SourceVideo) -> LedgerRecord:
-        return dub_video(self.gen, self.plan, video)
+        return dub_video(self.model, self.plan, video)
 
 
 def make_plan(dst: str, cfg: DubConfig) -> DubPlan:
     """Fix the checkpoint (a run directory's latest, now) and the voice, once for the whole run."""
-    from l2s.train.checkpoint import read_config
+    from l2s.infer.checkpoint import read_config
 
-    gen = Generator.load(cfg.checkpoint)
+    speech_model = SpeechModel.load(cfg.checkpoint)
     reference = cfg.reference_audio
     with tempfile.TemporaryDirectory(prefix="l2s-voice-") as work:
         local = _fetch(reference, work) if reference is not None else None
-        voice_D, described = voice(gen, local, cfg.speaker)
+        voice_D, described = voice(speech_model, local, cfg.speaker)
     if reference is not None:
         described = f"reference {reference}"
-    config = read_config(gen.checkpoint)
+    config = read_config(speech_model.checkpoint)
     model = {
-        "checkpoint": gen.checkpoint,
+        "checkpoint": speech_model.checkpoint,
         "step": config["progress"]["step"],
         "preset": config["train_config"]["preset"],
         "model_config": config["model_config"],
@@ -395,7 +399,7 @@ def make_plan(dst: str, cfg: DubConfig) -> DubPlan:
     run = f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{socket.gethostname()}-{os.getpid()}"
     return DubPlan(
         dst=storage.normalize(dst),
-        checkpoint=gen.checkpoint,
+        checkpoint=speech_model.checkpoint,
         voice_D=voice_D,
         voice=described,
         model=model,

@@ -7,6 +7,7 @@ is tested is the path — speaker rule, lengths, the baselines' scores, chunking
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 
@@ -15,23 +16,31 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
+import torch
+from typer.testing import CliRunner
 
+from l2s.cli import app
 from l2s.config import AUDIO, VIDEO
 from l2s.evaluate.report import write_report
 from l2s.evaluate.split import SCORES_FILE, score_results, summarize
-from l2s.generate import GENERATED, read_generated, split_speakers
+from l2s.features import FeatureConfig
+from l2s.infer import SpeakError
+from l2s.infer.checkpoint import VOCODER_FILE
+from l2s.infer.model import SpeechModel
+from l2s.infer.speak import mouth_rois, speak
+from l2s.infer.vocoder import load_vocoder
+from l2s.infer.voice import split_speakers
+from l2s.models.frontend import crop, normalize_video
+from l2s.models.hifigan import Generator, tiny
 from l2s.pipeline import shards
-from l2s.pipeline.generate import generate_split
-from l2s.speak import SpeakError, speak
+from l2s.pipeline.generate import GENERATED, generate_split, mel_of, read_generated
 from l2s.video import read_frames, write_video
 
 SAMPLES_PER_FRAME = AUDIO.sample_rate // VIDEO.fps
 
 
 def test_no_clip_is_conditioned_on_its_own_audio(synth_features: str, checkpoint: str) -> None:
-    from l2s.generate import Generator
-
-    table = Generator.load(checkpoint).speakers
+    table = SpeechModel.load(checkpoint).speakers
     for split in ("test", "test_unseen_speakers"):
         rows = shards.read_features(synth_features, split=split)
         chosen = split_speakers([vars(r) for r in rows], table)
@@ -52,15 +61,13 @@ def test_no_clip_is_conditioned_on_its_own_audio(synth_features: str, checkpoint
 
 
 def test_a_padded_batch_gives_each_clip_its_own_mel(synth_features: str, checkpoint: str) -> None:
-    from l2s.generate import Generator
-
-    gen = Generator.load(checkpoint)
+    model = SpeechModel.load(checkpoint)
     rows = shards.read_features(synth_features, split="test")
     assert len({r.n_frames for r in rows}) > 1, "clips of different lengths, so padding happens"
     voices = [np.asarray(r.speaker_embedding, np.float32) for r in rows[:-1]] + [None]
-    batched = gen.mels([r.roi_THW() for r in rows], voices)
+    batched = model.mels([r.roi_THW() for r in rows], voices)
     for row, voice_D, mel_MF in zip(rows, voices, batched, strict=True):
-        single_MF = gen.mel(row.roi_THW(), voice_D)
+        single_MF = model.mel(row.roi_THW(), voice_D)
         assert mel_MF.shape == single_MF.shape == (AUDIO.n_mels, 4 * row.n_frames)
         np.testing.assert_allclose(mel_MF, single_MF, atol=1e-4)
 
@@ -104,6 +111,78 @@ def test_generate_and_score_a_split_with_both_baselines(
     text = report.read_text()
     assert text.count("<audio") == 4 * len(records) and "data:image/png;base64," in text
     assert (out / "reference" / f"{records[0]['id']}.wav").exists()
+
+
+def untrained_hifigan(run: Path) -> str:
+    """A HiFi-GAN run directory holding one step-0 checkpoint, laid out as training writes it."""
+    cfg = tiny()
+    folder = run / "checkpoint_00000000"
+    folder.mkdir(parents=True)
+    torch.manual_seed(0)
+    saved = {"generator": Generator(cfg).state_dict(), "model_config": cfg.to_dict()}
+    torch.save({**saved, "progress": {"step": 0}}, folder / VOCODER_FILE)
+    return str(run)
+
+
+def test_generate_command_vocodes_with_the_vocoder_it_is_given(
+    synth_features: str, checkpoint: str, ray_local, tmp_path: Path
+) -> None:
+    hifigan = untrained_hifigan(tmp_path / "hifigan")
+    out = tmp_path / "test"
+    command = ["generate", synth_features, "--checkpoint", checkpoint, "--out", str(out)]
+    result = CliRunner().invoke(app, [*command, "--split", "test", "--vocoder", hifigan])
+    assert result.exit_code == 0, result.output
+    vocoder = load_vocoder(hifigan)
+    records = read_generated(str(out))
+    assert {r["vocoder"] for r in records} == {vocoder.name}
+    assert vocoder.name == f"hifigan:{hifigan}/checkpoint_00000000"
+    for record in records:  # the wavs are HiFi-GAN's (a batch pads: its last samples may differ)
+        wav_S, _ = sf.read(record["wav"], dtype="float32")
+        expected_S = vocoder(mel_of(record, "mel"))
+        np.testing.assert_allclose(wav_S[:-2048], expected_S[:-2048], atol=1e-3)
+
+
+def test_a_split_is_generated_as_speak_speaks_a_clip_longer_than_a_window(
+    real_clips: list[Path], synth_features: str, checkpoint: str, ray_local, tmp_path: Path
+) -> None:
+    """A clip over one model window: batch generation (what `l2s score` scores) gives the speech
+    that `l2s speak` gives for the same mouth ROIs in the same voice, and that is not what one
+    forward pass over the whole clip gives."""
+    frames_THWC = read_frames(real_clips[0])
+    long_THWC = np.concatenate([frames_THWC, frames_THWC[::-1], frames_THWC])[: 11 * VIDEO.fps + 3]
+    video = tmp_path / "long.mp4"
+    write_video(video, long_THWC, fps=VIDEO.fps)
+    roi_THW, _ = mouth_rois(str(video), FeatureConfig())
+    n_frames = len(roi_THW)
+    seen = shards.read_features(synth_features, split="test")[0]  # a training speaker's clip
+    long_row = dataclasses.replace(
+        seen,
+        id="long/0000",
+        n_frames=n_frames,
+        roi=roi_THW.tobytes(),
+        mel=np.full((AUDIO.n_mels, 4 * n_frames), np.log(AUDIO.log_floor), np.float32).tobytes(),
+        landmarks=np.zeros((n_frames, 68, 2), np.float32).tobytes(),
+    )
+    dataset = str(tmp_path / "features")
+    shards.write_shard(dataset, [long_row], [])
+    shards.write_metadata(dataset, shards.read_metadata(synth_features))
+
+    generate_split(dataset, "test", checkpoint, str(tmp_path / "results"))
+    (record,) = read_generated(str(tmp_path / "results"))
+    spoken = speak(str(video), checkpoint, str(tmp_path / "spoken.wav"), speaker=seen.speaker)
+    generated_S, _ = sf.read(record["wav"], dtype="float32")
+    spoken_S, _ = sf.read(spoken.wav, dtype="float32")
+    assert record["speaker_source"] == "train mean"
+    assert generated_S.shape == spoken_S.shape == (n_frames * SAMPLES_PER_FRAME,)
+    np.testing.assert_allclose(generated_S, spoken_S, atol=2e-3)
+
+    model = SpeechModel.load(checkpoint)
+    video_BTHW = torch.from_numpy(np.ascontiguousarray(crop(roi_THW, None)))[None]
+    speaker_BD = torch.from_numpy(model.speaker(seen.speaker))[None]
+    with torch.inference_mode():
+        output = model.network(normalize_video(video_BTHW), None, speaker_BD)
+    whole_MF = output.mel_post_BMF[0].numpy()
+    assert np.abs(mel_of(record, "mel") - whole_MF).max() > 0.1
 
 
 def test_speak_gives_a_wav_of_each_real_clips_length(

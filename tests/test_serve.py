@@ -130,7 +130,7 @@ def test_the_model_batches_clips_that_arrive_together(server: str, synth_corpus:
     deployment at once: they share padded batches, and each waveform is cut back to its clip."""
     from ray import serve
 
-    from l2s.speak import WINDOW
+    from l2s.infer.windows import WINDOW
 
     preprocess = serve.get_deployment_handle("Preprocess", app_name="l2s")
     synthesizer = serve.get_deployment_handle("Synthesizer", app_name="l2s")
@@ -155,13 +155,13 @@ def test_the_model_batches_clips_that_arrive_together(server: str, synth_corpus:
 def test_unknown_speaker_is_refused_and_a_known_one_speaks(
     server: str, synth_corpus: Path, checkpoint: str
 ) -> None:
-    from l2s.generate import Generator
+    from l2s.infer.model import SpeechModel
 
     clip = sorted(synth_corpus.glob("test/*/*.mp4"))[0]
     refused = post(server, clip, speaker="nobody")
     assert refused.status_code == 422
     assert "speaker 'nobody' is not one the model was trained on" in refused.json()["detail"]
-    known = Generator.load(checkpoint).speakers.speakers[0]
+    known = SpeechModel.load(checkpoint).speakers.speakers[0]
     assert len(wav_of(post(server, clip, speaker=known))[0]) == frames_at_25(clip) * 640
 
 

@@ -19,9 +19,9 @@ import numpy as np
 import pytest
 import torch
 
+from l2s.infer.checkpoint import latest_checkpoint, read_config
 from l2s.models.lip2speech import Lip2Speech, tiny
 from l2s.train import TrainConfig, load_checkpoint, train
-from l2s.train.checkpoint import latest_checkpoint, read_config
 from l2s.train.data import bucket, collate, cut, index_dataset, utterances
 from l2s.train.logs import read_metrics
 from l2s.train.loop import learning_rate

@@ -14,6 +14,7 @@ import torch
 
 from l2s.audio import log_mel
 from l2s.config import AUDIO
+from l2s.infer.vocoder import GriffinLim, load_vocoder
 from l2s.models.hifigan import (
     PRESETS,
     Discriminators,
@@ -27,7 +28,6 @@ from l2s.train.logs import read_metrics
 from l2s.train.tasks.vocoder import score_clips
 from l2s.train.vocoder import VocoderTrainConfig, learning_rate, train_vocoder
 from l2s.train.vocoder_data import index_vocoder_dataset, read_val_clips, segments
-from l2s.vocoder import GriffinLim, load_vocoder
 
 
 @pytest.mark.parametrize("preset", sorted(PRESETS))

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from l2s.evaluate.split import AUDIO_DIRS, SUMMARY_METRICS, SYSTEMS, summarize
-from l2s.generate import mel_of, read_generated
+from l2s.pipeline.generate import mel_of, read_generated
 from l2s.plots import mel_pair
 
 STYLE = """

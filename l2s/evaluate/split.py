@@ -27,9 +27,9 @@ from l2s import storage
 from l2s.audio import load_audio, write_wav
 from l2s.config import AUDIO, MELS_PER_FRAME
 from l2s.evaluate.metrics import score_utterance
-from l2s.generate import WAV_DIR, mel_of, read_generated
+from l2s.infer.vocoder import load_vocoder
 from l2s.pipeline import shards
-from l2s.vocoder import load_vocoder
+from l2s.pipeline.generate import WAV_DIR, mel_of, read_generated
 
 SCORES_FILE = "scores.parquet"
 # Folders (in a results folder) of the recordings and of each system's audio.

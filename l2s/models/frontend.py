@@ -1,6 +1,7 @@
 """Visual front-end: a 3-D convolution stem over time and space, then a 2-D ResNet-18 trunk applied
 to each frame and pooled to one feature vector per frame (the front-end of Kim et al. 2023 and of
-auto-AVSR).
+auto-AVSR). It sees 88×88 crops of the 96×96 mouth ROIs (`crop`: random with flips in training,
+centred otherwise), normalised (`normalize_video`).
 
 Letters in shape names: B batch, T video frames, H×W pixels, C channels, N valid frames in a batch.
 
@@ -11,8 +12,11 @@ those of torchvision's resnet18 without the first convolution, pooling and class
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
+
+from l2s.config import VIDEO
 
 # Mean and standard deviation of LRS3 mouth crops scaled to [0, 1], as auto-AVSR normalises them.
 VIDEO_MEAN = 0.421
@@ -22,6 +26,20 @@ VIDEO_STD = 0.165
 def normalize_video(roi_BTHW: torch.Tensor) -> torch.Tensor:
     """uint8 mouth crops → float32 input for the front-end (scaled to [0, 1], then standardised)."""
     return (roi_BTHW.float() / 255.0 - VIDEO_MEAN) / VIDEO_STD
+
+
+def crop(
+    roi_THW: np.ndarray, rng: np.random.Generator | None, size: int = VIDEO.crop_size
+) -> np.ndarray:
+    """A size×size window of every frame: at one random offset for the clip (and a horizontal
+    flip half the time) when `rng` is given, else the centre."""
+    height, width = roi_THW.shape[1:]
+    if rng is None:
+        top, left = (height - size) // 2, (width - size) // 2
+        return roi_THW[:, top : top + size, left : left + size]
+    top, left = int(rng.integers(height - size + 1)), int(rng.integers(width - size + 1))
+    out_THW = roi_THW[:, top : top + size, left : left + size]
+    return out_THW[:, :, ::-1] if rng.random() < 0.5 else out_THW
 
 
 class BasicBlock(nn.Module):

@@ -2,10 +2,12 @@
 
     read   (Parquet scan)  the split's rows not yet generated, only the columns generation needs
     model  (actor pool)    the checkpoint loaded once per actor (a GPU actor when the cluster has
-                           GPUs); each batch runs as one padded forward pass, is vocoded, and its
-                           records are written as one whole shard (`results/generated/part-*`)
-The voice of every clip is chosen on the driver, over the whole split, by `split_speakers` (the
-leave-one-out rule needs all of a speaker's clips). A rerun skips ids already in a shard, as
+                           GPUs); each batch goes through `generate_clips`: the model over
+                           the clips' 10-s windows (`l2s.infer.windows`) in padded forward
+                           passes, the vocoder, and its records written as one whole shard
+                           (`results/generated/part-*`)
+The voice of every clip is chosen on the driver, over the whole split, by
+`l2s.infer.voice.split_speakers` (the leave-one-out rule needs all of a speaker's clips). A rerun skips ids already in a shard, as
 preprocessing does; a wav is written before the shard that names it, so a shard never points at a
 missing wav.
 """
@@ -13,18 +15,91 @@ missing wav.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
 
 from l2s import storage
-from l2s.config import AUDIO, MELS_PER_FRAME
-from l2s.generate import GENERATED, Generator, generate_clips, source_videos, split_speakers
+from l2s.audio import write_wav
+from l2s.config import AUDIO, MELS_PER_FRAME, VIDEO
+from l2s.corpora import read_manifest
+from l2s.infer.model import SpeechModel
+from l2s.infer.vocoder import Vocoder, load_vocoder
+from l2s.infer.voice import split_speakers
 from l2s.pipeline import shards
-from l2s.vocoder import load_vocoder
 
 COLUMNS = ["id", "speaker", "split", "transcript", "n_frames", "roi", "mel"]
+GENERATED = "generated"  # folder of output-record shards in a results folder
+WAV_DIR = "wavs"
+
+
+def source_videos(dataset: str) -> dict[str, str]:
+    """Clip id → source video URI, from the manifest the dataset was made from ({} if it is gone)."""
+    manifest = shards.read_metadata(dataset).get("source_manifest")
+    if not manifest or not storage.exists(manifest):
+        return {}
+    return {row.id: row.video for row in read_manifest(manifest)}
+
+
+def generate_clips(
+    model: SpeechModel,
+    clips: Sequence[dict],
+    voices: dict[str, tuple[np.ndarray | None, str]],
+    videos: dict[str, str],
+    out: str,
+    vocode: Vocoder | None = None,
+) -> list[dict]:
+    """One batch of feature rows (dicts with id, speaker, split, transcript, n_frames, roi, mel)
+    → wavs in `out/wavs/` (written atomically) and one output record per clip.
+
+    The model runs over each clip's windows as `l2s speak` does (`SpeechModel.mels`), so that
+    scoring measures the speech `speak` gives; a forward pass takes as many windows as the batch
+    has clips. `vocode`: a `l2s.infer.vocoder` vocoder (default Griffin-Lim); its name is kept in
+    each record so that scoring sends the ground-truth mel through the same one."""
+    vocode = vocode or load_vocoder(None)
+    rois = [
+        np.frombuffer(c["roi"], np.uint8).reshape(c["n_frames"], VIDEO.roi_size, VIDEO.roi_size)
+        for c in clips
+    ]
+    mels = model.mels(rois, [voices[c["id"]][0] for c in clips], per_pass=len(clips))
+    mean_M = model.mean_mel(1)[:, 0].tolist()
+    records = []
+    wavs = vocode.batch(mels)
+    for clip, mel_MF, wav_S in zip(clips, mels, wavs, strict=True):
+        wav = storage.join(out, WAV_DIR, f"{clip['id']}.wav")
+        write_wav(wav, wav_S)
+        records.append(
+            {
+                "id": clip["id"],
+                "speaker": clip["speaker"],
+                "split": clip["split"],
+                "transcript": clip["transcript"],
+                "video": videos.get(clip["id"]),
+                "n_frames": int(clip["n_frames"]),
+                "mel": mel_MF.astype(np.float32).tobytes(),
+                "target_mel": clip["mel"],
+                "mean_mel": mean_M,
+                "speaker_source": voices[clip["id"]][1],
+                "wav": wav,
+                "checkpoint": model.checkpoint,
+                "vocoder": vocode.name,
+            }
+        )
+    return records
+
+
+def read_generated(results: str) -> list[dict]:
+    """Every output record of a generated split (`results/generated/part-*.parquet`), by id."""
+    table = shards.read_table(results, GENERATED)
+    if table is None:
+        raise FileNotFoundError(f"{results}: nothing generated yet ({GENERATED}/ is empty)")
+    return sorted(table.to_pylist(), key=lambda r: r["id"])
+
+
+def mel_of(record: dict, column: str) -> np.ndarray:
+    return np.frombuffer(record[column], dtype=np.float32).reshape(AUDIO.n_mels, -1)
 
 
 @dataclass
@@ -41,19 +116,19 @@ class Summary:
 
 
 class GenerateBatch:
-    """Model actor: one `Generator` per actor; writes one output shard per batch."""
+    """Model actor: one `SpeechModel` per actor; writes one output shard per batch."""
 
     def __init__(
         self, checkpoint: str, out: str, voices: dict, videos: dict, vocoder: str | None
     ) -> None:
-        self.gen, self.vocode = Generator.load(checkpoint), load_vocoder(vocoder)
+        self.model, self.vocode = SpeechModel.load(checkpoint), load_vocoder(vocoder)
         self.out, self.voices, self.videos = out, voices, videos
 
     def __call__(self, batch: dict) -> dict:
         clips = [
             dict(zip(batch, values, strict=True)) for values in zip(*batch.values(), strict=True)
         ]
-        records = generate_clips(self.gen, clips, self.voices, self.videos, self.out, self.vocode)
+        records = generate_clips(self.model, clips, self.voices, self.videos, self.out, self.vocode)
         name = shards.shard_name([r["id"] for r in records])
         shards.write_table(pa.Table.from_pylist(records), storage.join(self.out, GENERATED, name))
         frames = sum(r["n_frames"] for r in records)
@@ -101,7 +176,7 @@ def generate_split(
     todo = set(meta["id"].to_pylist()) - done
     summary = Summary(skipped=len(meta) - len(todo))
     if todo:
-        voices = split_speakers(meta.to_pylist(), Generator.load(checkpoint).speakers)
+        voices = split_speakers(meta.to_pylist(), SpeechModel.load(checkpoint).speakers)
         voices = {k: v for k, v in voices.items() if k in todo}
         files = shards.shards_holding(dataset, shards.FEATURES, todo)
         fs, _ = storage.arrow_filesystem(files[0])

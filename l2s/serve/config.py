@@ -50,7 +50,7 @@ class ServeConfig:
     model_cpus: float = 0.5
     # GPUs per model replica; None: one when the Ray cluster (or this machine) has a GPU.
     model_gpus: float | None = None
-    # The vocoder (an `l2s.vocoder` spec): None is Griffin-Lim; a HiFi-GAN run or checkpoint
+    # The vocoder (an `l2s.infer.vocoder` spec): None is Griffin-Lim; a HiFi-GAN run or checkpoint
     # runs on the model replica's device, its batches in one forward pass.
     vocoder: str | None = None
 

@@ -1,12 +1,13 @@
 """The two working deployments behind the HTTP ingress: thin Ray Serve wrappers around the same
-per-clip functions `l2s speak` runs (l2s/speak.py), so the endpoint and the CLI speak alike.
+per-clip functions `l2s speak` runs (`l2s.infer`), so the endpoint and the CLI speak alike.
 
     Preprocess   CPU. Upload bytes → checked against the limits → 96×96 mouth ROIs
                  (decode at 25 fps, dlib face tracking, mouth crop). One clip at a time per
                  replica; replicas autoscale on the requests waiting.
-    Synthesizer  The model (on a GPU when one is given). Mouth ROIs → 10-s model windows, batched
-                 across requests with `@serve.batch` (padded to the longest, one forward pass),
-                 cross-faded back into one mel per clip → the vocoder, batched the same way
+    Synthesizer  The model (on a GPU when one is given). Mouth ROIs → 10-s model windows
+                 (`l2s.infer.windows`, as everywhere else), batched across requests with
+                 `@serve.batch` (padded to the longest, one forward pass), cross-faded back
+                 into one mel per clip → the vocoder, batched the same way
                  (HiFi-GAN in one forward pass; Griffin-Lim gains nothing from a batch on a
                  CPU and runs its clips one by one).
 
@@ -24,10 +25,13 @@ from ray import serve
 
 from l2s.face import load_detector
 from l2s.features import FeatureConfig, named_bytes
+from l2s.infer import SpeakError
+from l2s.infer.speak import mouth_rois
+from l2s.infer.vocoder import load_vocoder
+from l2s.infer.voice import voice
+from l2s.infer.windows import WINDOW, blend_windows, window_starts
 from l2s.serve.config import Rejected, ServeConfig
-from l2s.speak import WINDOW, SpeakError, blend_windows, mouth_rois, voice, window_starts
 from l2s.video import VideoError, probe
-from l2s.vocoder import load_vocoder
 
 
 @serve.deployment(max_ongoing_requests=1)
@@ -70,10 +74,10 @@ class Synthesizer:
     def __init__(self, cfg: ServeConfig) -> None:
         import torch
 
-        from l2s.generate import Generator
+        from l2s.infer.model import SpeechModel
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.gen = Generator.load(cfg.checkpoint, device)
+        self.model = SpeechModel.load(cfg.checkpoint, device)
         self.vocoder = load_vocoder(cfg.vocoder, device)
         for batched in (self.mels, self.vocode):
             batched.set_max_batch_size(cfg.max_batch_size)
@@ -86,7 +90,7 @@ class Synthesizer:
 
     async def speak(self, roi_THW: np.ndarray, speaker: str | None = None) -> np.ndarray:
         try:
-            speaker_D, _ = voice(self.gen, None, speaker)
+            speaker_D, _ = voice(self.model, None, speaker)
         except SpeakError as e:
             raise Rejected(422, str(e)) from e
         starts = window_starts(len(roi_THW))
@@ -102,7 +106,7 @@ class Synthesizer:
         self, rois: list[np.ndarray], speakers: list[np.ndarray | None]
     ) -> list[np.ndarray]:
         self.batches["model"][len(rois)] += 1
-        return await asyncio.to_thread(self.gen.mels, rois, speakers)
+        return await asyncio.to_thread(self.model.window_mels, rois, speakers)
 
     @serve.batch
     async def vocode(self, mels: list[np.ndarray]) -> list[np.ndarray]:

@@ -8,9 +8,9 @@ trained model back without Ray or DeepSpeed.
 The same `out` resumes: Ray Train finds the run by its name and storage path and hands every worker
 the latest checkpoint (Train V2). Every model trains through one loop (`loop.fit`) with a small
 per-model part (`tasks/`), under Ray Train or in a plain process (`session`). Modules: config
-(TrainConfig), data (dataset → batches), speakers (speaker table and bank), loop (the one loop),
+(TrainConfig), data (dataset → batches), speakers (the speaker bank), loop (the one loop),
 session (Ray Train or this process), tasks (lip2speech, vocoder), validation, deepspeed (engine and
-config), checkpoint (layout, loading), logs (TensorBoard, metrics.jsonl), toy (a learnable toy
+config), checkpoint (layout, writing; `l2s.infer.checkpoint` reads them), logs (TensorBoard, metrics.jsonl), toy (a learnable toy
 dataset).
 """
 
@@ -25,7 +25,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from l2s import storage
-from l2s.train.checkpoint import MODEL_FILE, load_checkpoint
+from l2s.infer.checkpoint import MODEL_FILE
+from l2s.train.checkpoint import load_checkpoint
 from l2s.train.config import TrainConfig
 
 __all__ = ["TrainConfig", "TrainSummary", "load_checkpoint", "train"]
@@ -235,7 +236,7 @@ def train(cfg: TrainConfig, *, callbacks: Sequence = (), local: bool = False) ->
 def summarize_run(run: str, steps: int, parameters: int, file: str = MODEL_FILE) -> TrainSummary:
     """Where a run directory stands after `trainer.fit()` (lip-to-speech or vocoder runs: their
     checkpoints hold `file`), from its latest checkpoint and its metrics."""
-    from l2s.train.checkpoint import latest_checkpoint, read_config
+    from l2s.infer.checkpoint import latest_checkpoint, read_config
     from l2s.train.logs import read_metrics
 
     latest = latest_checkpoint(run, file)

@@ -1,4 +1,4 @@
-"""Checkpoints: what one holds, writing it, and loading it back without Ray or DeepSpeed.
+"""Checkpoints: what one holds and writing it (`l2s.infer.checkpoint` reads them back).
 
 A checkpoint is a directory `checkpoint_<step>` in the run directory (Ray Train writes it there):
   model.pt         plain `Lip2Speech` fp32 state dict + the exact TrainConfig / ModelConfig, the
@@ -11,29 +11,27 @@ A checkpoint is a directory `checkpoint_<step>` in the run directory (Ray Train 
 
 from __future__ import annotations
 
-import io
 import json
-import posixpath
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
-from l2s import storage
-from l2s.models.lip2speech import Lip2Speech, ModelConfig
-from l2s.train.config import TrainConfig
-from l2s.train.speakers import SpeakerTable
-
-MODEL_FILE = "model.pt"
-VOCODER_FILE = (
-    "vocoder.pt"  # a HiFi-GAN run's checkpoints hold this instead (train/tasks/vocoder.py)
+from l2s.infer.checkpoint import (
+    CONFIG_FILE,
+    MODEL_FILE,
+    PREFIX,
+    load_model,
+    read_config,
+    resolve,
 )
-CONFIG_FILE = "config.json"
+from l2s.infer.speakers import SpeakerTable
+from l2s.models.lip2speech import Lip2Speech
+from l2s.train.config import TrainConfig
+
 TRAIN_STATE_FILE = "train_state.pt"
 DEEPSPEED_DIR = "deepspeed"
 DEEPSPEED_TAG = "state"
-PREFIX = "checkpoint_"
-RAY_RECORD_FILE = "checkpoint_manager_snapshot.json"  # Ray Train V2's record of a run's checkpoints
 
 
 @dataclass
@@ -74,74 +72,11 @@ def write_model(
     (folder / CONFIG_FILE).write_text(json.dumps({**configs, "metrics": metrics}, indent=2))
 
 
-def read_model(folder: str | Path, file: str = MODEL_FILE) -> dict:
-    """The checkpoint dict of a local checkpoint folder or a checkpoint URI (`file`: vocoder runs
-    keep theirs in another file)."""
-    uri = storage.join(str(folder), file)
-    # weights_only: the file holds tensors and plain containers only, so nothing executes on load.
-    return torch.load(io.BytesIO(storage.read_bytes(uri)), map_location="cpu", weights_only=True)
-
-
-def read_config(checkpoint: str) -> dict:
-    """config.json of a checkpoint: its configs, progress and metrics (no weights loaded)."""
-    return json.loads(storage.read_bytes(storage.join(checkpoint, CONFIG_FILE)))
-
-
-def latest_checkpoint(run: str, file: str = MODEL_FILE) -> str | None:
-    """The URI of the newest complete checkpoint (one holding `file`) in a run directory, or None.
-
-    Complete means Ray Train has recorded it, when the run has Ray's record: a run killed while a
-    checkpoint was being copied in leaves a folder that a rerun does not resume from (Ray resumes
-    from its record), so nothing else may take it for the latest either.
-    """
-    fs, path = storage.filesystem(run)
-    if not fs.exists(path):
-        return None
-    names = sorted(
-        posixpath.basename(p.rstrip("/"))
-        for p in fs.ls(path, detail=False)
-        if posixpath.basename(p.rstrip("/")).startswith(PREFIX)
-    )
-    recorded = _recorded_by_ray(run)
-    for name in reversed(names):
-        uri = storage.join(storage.normalize(run), name)
-        if (recorded is None or name in recorded) and storage.exists(storage.join(uri, file)):
-            return uri
-    return None
-
-
-def _recorded_by_ray(run: str) -> set[str] | None:
-    """The checkpoint folders Ray Train's record of the run lists; None when there is no record
-    (a checkpoint written outside Ray Train, as `initial_checkpoint` does) or it is unreadable."""
-    snapshot = storage.join(storage.normalize(run), RAY_RECORD_FILE)
-    try:
-        results = json.loads(storage.read_bytes(snapshot))["checkpoint_results"]
-        return {result["checkpoint_dir_name"] for result in results}
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
-def resolve(uri: str, file: str = MODEL_FILE) -> str:
-    """A checkpoint URI as given, or the latest checkpoint of a run directory."""
-    if storage.exists(storage.join(uri, file)):
-        return storage.normalize(uri)
-    latest = latest_checkpoint(uri, file)
-    if latest is None:
-        raise FileNotFoundError(f"{uri}: neither a checkpoint nor a run directory with one")
-    return latest
-
-
 def load_checkpoint(
     uri: str, device: str | torch.device = "cpu"
 ) -> tuple[Lip2Speech, TrainConfig, SpeakerTable]:
     """A trained model (eval mode, on `device`), its exact TrainConfig and its speaker table, from
-    a checkpoint or a run directory (its latest checkpoint), local or s3://. Needs neither Ray nor
-    DeepSpeed."""
-    saved = read_model(resolve(uri))
-    model = Lip2Speech(ModelConfig.from_dict(saved["model_config"]))
-    model.load_state_dict(saved["model"])
-    return (
-        model.to(device).eval(),
-        TrainConfig.from_dict(saved["train_config"]),
-        SpeakerTable.from_dict(saved["speakers"]),
-    )
+    a checkpoint or a run directory (its latest checkpoint), local or s3://."""
+    uri = resolve(uri)
+    model, speakers = load_model(uri, device)
+    return model, TrainConfig.from_dict(read_config(uri)["train_config"]), speakers

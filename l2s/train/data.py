@@ -26,12 +26,13 @@ import torch
 
 from l2s import storage
 from l2s.config import AUDIO, MELS_PER_FRAME, VIDEO
-from l2s.models.frontend import normalize_video
+from l2s.infer.speakers import SpeakerTable
+from l2s.models.frontend import crop, normalize_video
 from l2s.models.text import encode_batch, normalize_text
 from l2s.pipeline import shards
 from l2s.schema import SCHEMA_VERSION
 from l2s.train.session import Source
-from l2s.train.speakers import SpeakerBank, SpeakerTable
+from l2s.train.speakers import SpeakerBank
 
 # Columns the workers read. Not the clip's own speaker embedding: a clip is conditioned on other
 # utterances of its speaker (speakers.py). Landmarks, corpus and face_ratio stay on disk too.
@@ -287,20 +288,6 @@ def _cut_window(
         batches[-1].append(utt)
     for i in rng.permutation(len(batches)):
         yield batches[i]
-
-
-def crop(
-    roi_THW: np.ndarray, rng: np.random.Generator | None, size: int = VIDEO.crop_size
-) -> np.ndarray:
-    """A size×size window of every frame: at one random offset for the clip (and a horizontal
-    flip half the time) when `rng` is given, else the centre."""
-    height, width = roi_THW.shape[1:]
-    if rng is None:
-        top, left = (height - size) // 2, (width - size) // 2
-        return roi_THW[:, top : top + size, left : left + size]
-    top, left = int(rng.integers(height - size + 1)), int(rng.integers(width - size + 1))
-    out_THW = roi_THW[:, top : top + size, left : left + size]
-    return out_THW[:, :, ::-1] if rng.random() < 0.5 else out_THW
 
 
 def time_mask_spans(n_frames: int, rng: np.random.Generator) -> list[tuple[int, int]]:

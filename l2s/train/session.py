@@ -31,7 +31,7 @@ import torch.distributed as dist
 from torch import nn
 
 from l2s import storage
-from l2s.train.checkpoint import PREFIX, latest_checkpoint
+from l2s.infer.checkpoint import PREFIX, latest_checkpoint
 
 
 @dataclass(frozen=True)

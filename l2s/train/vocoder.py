@@ -1,5 +1,5 @@
 """HiFi-GAN vocoder training on Ray Train: `train_vocoder(VocoderTrainConfig)` runs (or resumes) a
-run; `l2s.vocoder.load_vocoder(run)` turns its latest checkpoint into a mel → waveform function.
+run; `l2s.infer.vocoder.load_vocoder(run)` turns its latest checkpoint into a mel → waveform function.
 
     from l2s.train.vocoder import VocoderTrainConfig, train_vocoder
     summary = train_vocoder(VocoderTrainConfig(dataset="out/features", out="out/runs/hifigan"))
@@ -117,10 +117,10 @@ def train_vocoder(cfg: VocoderTrainConfig, *, local: bool = False) -> TrainSumma
     import torch
 
     from l2s.audio import griffin_lim
+    from l2s.infer.checkpoint import VOCODER_FILE
     from l2s.models.hifigan import Discriminators, Generator, count_parameters
     from l2s.pipeline.runtime import connect
     from l2s.train import launch, summarize_run
-    from l2s.train.checkpoint import VOCODER_FILE
     from l2s.train.tasks.vocoder import score_clips
     from l2s.train.vocoder_data import index_vocoder_dataset, read_val_clips, train_audio
 

@@ -1,7 +1,7 @@
 """Vocoder training data: clips' ground-truth log-mels with the recordings they were computed from.
 
 A feature dataset stores each clip's log-mel but no waveform, so the audio comes from the source
-videos named in the manifest the dataset was made from (`l2s.generate.source_videos`), decoded with
+videos named in the manifest the dataset was made from (`l2s.pipeline.generate.source_videos`), decoded with
 the same `load_audio` and cut to the same `n_frames · 640` samples that preprocessing turned into
 that mel. No second copy of the audio is kept on disk: the decode is one more map step after the
 Parquet read (`session.Source.transform`), and on Ray Data a dataset whose decoded audio fits in `MATERIALIZE_BYTES` is decoded
@@ -28,7 +28,7 @@ import torch
 from l2s import storage
 from l2s.audio import load_audio
 from l2s.config import AUDIO, MELS_PER_FRAME
-from l2s.generate import source_videos
+from l2s.pipeline.generate import source_videos
 from l2s.train.data import (
     DatasetError,
     arrow_dataset,

@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from l2s.infer.checkpoint import MODEL_FILE, read_model
+from l2s.infer.speakers import SpeakerTable
 from l2s.models.lip2speech import Lip2Speech, count_parameters
 from l2s.models.losses import lip2speech_loss
 from l2s.train import checkpoint as ckpt
@@ -31,7 +33,6 @@ from l2s.train.data import (
 from l2s.train.logs import RunLog
 from l2s.train.loop import Step, Task
 from l2s.train.session import Session
-from l2s.train.speakers import SpeakerTable
 from l2s.train.validation import validate
 
 
@@ -53,7 +54,7 @@ def summary_line(metrics: dict) -> str:
 
 class Lip2SpeechTask(Task):
     name = "l2s.train"
-    checkpoint_file = ckpt.MODEL_FILE
+    checkpoint_file = MODEL_FILE
 
     def __init__(self, config: dict, session: Session) -> None:
         cfg = self.cfg = TrainConfig.from_dict(config["train"])
@@ -79,7 +80,7 @@ class Lip2SpeechTask(Task):
         progress = ckpt.Progress(world_size=world, strategy=cfg.strategy)
         with session.restored() as folder:
             if folder is not None:
-                saved = ckpt.read_model(folder)
+                saved = read_model(folder)
                 self._check_resumable(saved, rank)
                 model.load_state_dict(saved["model"])
                 progress = ckpt.Progress(**saved["progress"])

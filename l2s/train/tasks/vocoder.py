@@ -8,7 +8,7 @@ checkpoints:
 
   vocoder.pt      the generator (fp32, weight norm as parametrizations) + its HiFiGANConfig, the
                   exact VocoderTrainConfig, the progress and the dataset's metadata: all inference
-                  needs (`l2s.vocoder.load_vocoder`)
+                  needs (`l2s.infer.vocoder.load_vocoder`)
   train_state.pt  the discriminators and both optimizers: what resuming needs beyond that
   config.json     the configs, progress and metrics as JSON
 
@@ -28,6 +28,7 @@ from torch import nn
 
 from l2s.audio import log_mel
 from l2s.evaluate.metrics import MetricUnavailable, pesq_wb, stoi
+from l2s.infer.checkpoint import CONFIG_FILE, VOCODER_FILE, read_model
 from l2s.models.hifigan import (
     Discriminators,
     Generator,
@@ -35,7 +36,7 @@ from l2s.models.hifigan import (
     discriminator_loss,
     generator_loss,
 )
-from l2s.train.checkpoint import CONFIG_FILE, TRAIN_STATE_FILE, VOCODER_FILE, Progress, read_model
+from l2s.train.checkpoint import TRAIN_STATE_FILE, Progress
 from l2s.train.logs import RunLog
 from l2s.train.loop import Step, Task
 from l2s.train.session import Session

@@ -1,15 +1,16 @@
-"""`l2s speak`: one user video of any frame rate, resolution and length → speech.wav.
+"""One user video of any frame rate, resolution and length → speech.wav (`l2s speak`; `l2s dub`
+calls `speak_with` per video, the endpoint `mouth_rois` per request).
 
 The video goes through the same per-clip functions as preprocessing (25 fps by timestamp, frames
 downscaled as they are decoded, face landmarks, mouth ROI), in chunks, so an hour of video never
 sits in memory at once: only its 96×96 mouth ROIs do (9 KiB a frame). The model then runs over
-overlapping windows of the ROIs (its attention grows with the square of the length) and the mels
-are cross-faded where windows overlap. The wav has exactly the video's length at 25 fps.
+its windows (`l2s.infer.windows`). The wav has exactly the video's length at 25 fps.
 
 The voice: a reference recording (`reference_audio`, embedded by the speaker encoder), a speaker
-the model was trained on (`speaker`), or else the average of the training speakers.
+the model was trained on (`speaker`), or else the average of the training speakers
+(`l2s.infer.voice`).
 
-Letters in shape names: T video frames, H×W pixels, C colours, M mel bands, F mel frames, S samples.
+Letters in shape names: T video frames, H×W pixels, C colours, S samples.
 """
 
 from __future__ import annotations
@@ -21,27 +22,21 @@ from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
-from tqdm import tqdm
 
-from l2s.audio import load_audio, write_wav
-from l2s.config import AUDIO, MELS_PER_FRAME, VIDEO
+from l2s.audio import write_wav
+from l2s.config import AUDIO, VIDEO
 from l2s.face import FaceError, crop_mouth, detect_landmarks, load_detector
 from l2s.features import FeatureConfig
-from l2s.generate import Generator
+from l2s.infer import SpeakError
+from l2s.infer.model import SpeechModel
+from l2s.infer.vocoder import load_vocoder
+from l2s.infer.voice import voice
 from l2s.video import VideoError, iter_frames, probe
-from l2s.vocoder import load_vocoder
 
 # Frames per face-tracking chunk, and frames each chunk shares with the previous one (so the
 # landmark smoothing has context on both sides of a boundary).
 TRACK_CHUNK = 250
 TRACK_OVERLAP = 10
-# Model windows: 10 s, overlapping by 1 s; mels are cross-faded linearly over the overlap.
-WINDOW = 250
-WINDOW_OVERLAP = 25
-
-
-class SpeakError(ValueError):
-    """The video cannot be spoken; the message names the file and the problem."""
 
 
 @dataclass(frozen=True)
@@ -108,65 +103,6 @@ def mouth_rois(
     return roi_THW, faces / len(roi_THW)
 
 
-def window_starts(n_frames: int) -> list[int]:
-    """First frames of the model windows over a clip of `n_frames` (one window if it fits)."""
-    if n_frames <= WINDOW:
-        return [0]
-    return [*range(0, n_frames - WINDOW, WINDOW - WINDOW_OVERLAP), n_frames - WINDOW]
-
-
-def blend_windows(mels: list[np.ndarray], starts: list[int], n_frames: int) -> np.ndarray:
-    """Mels of the windows at `starts`, cross-faded linearly where they overlap: M×(4·T)."""
-    if len(mels) == 1:
-        return mels[0]
-    total_MF = np.zeros((AUDIO.n_mels, n_frames * MELS_PER_FRAME), np.float32)
-    weight_F = np.zeros(n_frames * MELS_PER_FRAME, np.float32)
-    ramp = WINDOW_OVERLAP * MELS_PER_FRAME
-    for mel_MF, start in zip(mels, starts, strict=True):
-        w_F = np.ones(mel_MF.shape[1], np.float32)
-        w_F[:ramp] = np.minimum(w_F[:ramp], np.linspace(0.01, 1, ramp)) if start else 1.0
-        if start + WINDOW < n_frames:
-            w_F[-ramp:] = np.minimum(w_F[-ramp:], np.linspace(1, 0.01, ramp))
-        f0 = start * MELS_PER_FRAME
-        total_MF[:, f0 : f0 + mel_MF.shape[1]] += mel_MF * w_F
-        weight_F[f0 : f0 + mel_MF.shape[1]] += w_F
-    return total_MF / weight_F
-
-
-def windowed_mel(gen: Generator, roi_THW: np.ndarray, speaker_D: np.ndarray | None) -> np.ndarray:
-    """The model over overlapping windows of the clip, cross-faded into one mel of 4·T frames."""
-    starts = window_starts(len(roi_THW))
-    mels = [
-        gen.mel(roi_THW[start : start + WINDOW], speaker_D)
-        for start in tqdm(starts, desc="speak", unit="window", leave=False, disable=len(starts) < 2)
-    ]
-    return blend_windows(mels, starts, len(roi_THW))
-
-
-def voice(
-    gen: Generator, reference_audio: str | None, speaker: str | None
-) -> tuple[np.ndarray | None, str]:
-    """The speaker embedding to condition on, and a description of where it came from."""
-    if reference_audio is not None and speaker is not None:
-        raise SpeakError("give a reference recording or a speaker name, not both")
-    if reference_audio is not None:
-        from l2s.speaker import SpeakerEncoder
-
-        encoder = SpeakerEncoder()
-        encoder.setup()
-        return encoder.embed(
-            load_audio(reference_audio), AUDIO.sample_rate
-        ), f"reference {reference_audio}"
-    if speaker is not None:
-        embedding = gen.speaker(speaker)
-        if embedding is None:
-            known = ", ".join(gen.speakers.speakers)
-            raise SpeakError(f"speaker {speaker!r} is not one the model was trained on ({known})")
-        return embedding, f"training speaker {speaker}"
-    mean_D = gen.speakers.mean_SD.mean(axis=0)
-    return mean_D, f"average of {len(gen.speakers.speakers)} training speakers"
-
-
 def speak(
     video: str,
     checkpoint: str,
@@ -176,17 +112,17 @@ def speak(
     cfg: FeatureConfig | None = None,
     vocoder: str | None = None,
 ) -> Spoken:
-    """`vocoder`: None / "griffin-lim", or a HiFi-GAN checkpoint or run (`l2s.vocoder`)."""
+    """`vocoder`: None / "griffin-lim", or a HiFi-GAN checkpoint or run (`l2s.infer.vocoder`)."""
     start = time.perf_counter()
     _check_video(video)  # a bad file is refused before the model loads
-    gen = Generator.load(checkpoint)
+    model = SpeechModel.load(checkpoint)
     return speak_with(
-        gen, voice(gen, reference_audio, speaker), video, out, cfg, start=start, vocoder=vocoder
+        model, voice(model, reference_audio, speaker), video, out, cfg, start=start, vocoder=vocoder
     )
 
 
 def speak_with(
-    gen: Generator,
+    model: SpeechModel,
     chosen_voice: tuple[np.ndarray | None, str],
     video: str,
     out: str,
@@ -196,13 +132,13 @@ def speak_with(
 ) -> Spoken:
     """`speak` with a loaded model and a voice chosen by `voice`: a batch (`l2s dub`) loads both
     once and speaks for many videos. `start` is when the caller's clock for this video began;
-    `vocoder` a `l2s.vocoder` spec (loaded once per process)."""
+    `vocoder` a `l2s.infer.vocoder` spec (loaded once per process)."""
     start = time.perf_counter() if start is None else start
     cfg = cfg or FeatureConfig()
     _check_video(video)
     speaker_D, described = chosen_voice
     roi_THW, face_ratio = mouth_rois(video, cfg)
-    mel_MF = windowed_mel(gen, roi_THW, speaker_D)
+    (mel_MF,) = model.mels([roi_THW], [speaker_D], progress=True)
     wav_S = load_vocoder(vocoder)(mel_MF)
     write_wav(out, wav_S)
     return Spoken(

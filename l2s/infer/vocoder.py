@@ -57,8 +57,8 @@ class HiFiGAN:
     """A trained HiFi-GAN generator (eval mode, weight norm removed)."""
 
     def __init__(self, checkpoint: str, device: str | torch.device = "cpu") -> None:
+        from l2s.infer.checkpoint import VOCODER_FILE, read_model, resolve
         from l2s.models.hifigan import Generator, HiFiGANConfig
-        from l2s.train.checkpoint import VOCODER_FILE, read_model, resolve
 
         self.checkpoint = resolve(checkpoint, VOCODER_FILE)
         saved = read_model(self.checkpoint, VOCODER_FILE)
