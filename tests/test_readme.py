@@ -20,7 +20,7 @@ README = (ROOT / "README.md").read_text()
 def code_lines() -> list[str]:
     """Lines of the README's ```bash blocks, without trailing comments."""
     blocks = re.findall(r"```bash\n(.*?)```", README, flags=re.S)
-    lines = [line.split("  #")[0].strip() for block in blocks for line in block.splitlines()]
+    lines = [line.split(" # ")[0].strip() for block in blocks for line in block.splitlines()]
     return [line for line in lines if line]
 
 

@@ -24,7 +24,7 @@ from l2s.models.lip2speech import Lip2Speech, tiny
 from l2s.train import TrainConfig, load_checkpoint, train
 from l2s.train.data import bucket, collate, cut, index_dataset, utterances
 from l2s.train.logs import read_metrics
-from l2s.train.loop import learning_rate
+from l2s.train.tasks.lip2speech import learning_rate
 from l2s.train.speakers import SpeakerBank
 from l2s.train.toy import ToyConfig, toy_rows, write_toy_features
 
@@ -172,6 +172,28 @@ def test_a_killed_ddp_run_resumes_learns_and_its_checkpoint_loads_without_ray(
     assert speakers.speakers == ("toy00", "toy01", "toy02")
     assert list((out / "tensorboard").iterdir())
     assert not model.training and model.mel_std_M.min() > 0  # training mel statistics came along
+
+
+def test_the_same_loop_trains_in_a_plain_process_and_resumes(toy: Path, tmp_path: Path) -> None:
+    """`train(..., local=True)`: the loop Ray Train runs, in this process without Ray (what
+    benchmarks/train.py measures Ray against). It checkpoints into the run directory, resumes,
+    and learns."""
+    base = dict(
+        dataset=str(toy), out=str(tmp_path / "plain"), batch_size=6, warmup_steps=5, lr=3e-3,
+        val_every=15, ckpt_every=15, keep_checkpoints=2,
+    )  # fmt: skip
+    first = train(TrainConfig(**base, steps=30), local=True)
+    assert first.step == 30 and first.checkpoint.endswith("checkpoint_00000030")
+    second = train(TrainConfig(**base, steps=60), local=True)
+    assert second.step == 60
+    history = read_metrics(base["out"])
+    assert [m["step"] for m in history] == [15, 30, 45, 60]
+    assert history[-1]["resumed_from"] == 30
+    assert history[-1]["val/post_l1"] < 0.8 * history[0]["val/post_l1"]
+    kept = sorted(p.name for p in Path(base["out"]).glob("checkpoint_*"))
+    assert kept == ["checkpoint_00000045", "checkpoint_00000060"]  # keep_checkpoints
+    model, cfg, _ = load_checkpoint(base["out"])
+    assert cfg.steps == 60 and not model.training
 
 
 def test_deepspeed_zero2_on_cpu_trains_checkpoints_and_resumes(
