@@ -17,7 +17,7 @@ import soundfile as sf
 from l2s.config import AUDIO
 from l2s.evaluate import metrics
 from l2s.evaluate.asr import GRID_WORDS, ASRBackend, PocketSphinxASR, asr_for_corpus
-from l2s.evaluate.metrics import MetricUnavailable
+from l2s.evaluate.metrics import MetricUnavailable, nan_reasons_of
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "real"
 SPEECH = REAL / "python-pesq__speech.wav"
@@ -71,7 +71,7 @@ def test_identical_signals_score_perfectly(speech: np.ndarray) -> None:
     assert row["estoi"] == pytest.approx(1.0, abs=1e-6)
     assert row["mcd"] == 0.0
     assert row["pesq_wb"] > 4.6 and row["pesq_nb"] > 4.5
-    assert row["nan_reasons"] == ""
+    assert not nan_reasons_of(row["nan_reasons"]).keys() & metrics.SIGNAL_METRICS.keys()
 
 
 def test_mcd_grows_with_noise_and_ignores_level(speech: np.ndarray) -> None:
@@ -131,11 +131,7 @@ def test_score_row_has_fixed_columns(speech: np.ndarray) -> None:
     assert row["speaker_similarity"] == pytest.approx(1.0)
     assert row["wer"] == 0.0 and row["ref_words"] == 8 and row["duration_s"] == pytest.approx(3.1)
     bare = metrics.score_utterance(speech, speech)
-    assert (
-        tuple(bare) == metrics.SCORE_COLUMNS
-        and math.isnan(bare["wer"])
-        and bare["nan_reasons"] == ""
-    )
+    assert tuple(bare) == metrics.SCORE_COLUMNS and math.isnan(bare["wer"])
 
 
 def test_transcripts_are_normalised_before_wer() -> None:
@@ -206,3 +202,32 @@ def test_grid_grammar_recognises_espeak_sentences() -> None:
     assert all(set(h.split()) <= vocabulary for h in heard)
     # Measured 0.15 on these 12 (0.08-0.33 per voice on 25 random sentences each).
     assert error <= 0.3
+
+
+def unexplained_nans(row: dict) -> list[str]:
+    reasons = nan_reasons_of(row["nan_reasons"])
+    return [k for k in metrics.SCORE_COLUMNS[:-1] if math.isnan(row[k]) and k not in reasons]
+
+
+def test_every_nan_in_a_score_row_says_why(speech: np.ndarray) -> None:
+    bare = metrics.score_utterance(speech, speech)
+    assert unexplained_nans(bare) == []
+    assert nan_reasons_of(bare["nan_reasons"]) == {
+        "speaker_similarity": "no speaker encoder",
+        "wer": "no transcript",
+        "cer": "no transcript",
+    }
+    embedding_D = np.ones(256, np.float32) / 16
+    no_voice = MetricUnavailable("no speaker embedding of the mean_mel speech (silent)")
+    row = metrics.score_utterance(
+        speech,
+        np.zeros_like(speech),
+        reference_embedding=embedding_D,
+        generated_embedding=no_voice,
+        transcript=SPEECH_TEXT,
+    )
+    reasons = nan_reasons_of(row["nan_reasons"])
+    assert unexplained_nans(row) == []
+    assert reasons["speaker_similarity"] == str(no_voice)
+    assert reasons["wer"] == reasons["cer"] == "no recognizer"
+    assert reasons["pesq_wb"] == "generated signal is silent"

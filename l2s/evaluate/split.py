@@ -26,7 +26,7 @@ from tqdm import tqdm
 from l2s import storage
 from l2s.audio import load_audio, write_wav
 from l2s.config import AUDIO, MELS_PER_FRAME
-from l2s.evaluate.metrics import score_utterance
+from l2s.evaluate.metrics import MetricUnavailable, score_utterance
 from l2s.generate import WAV_DIR, mel_of, read_generated
 from l2s.pipeline import shards
 from l2s.vocoder import load_vocoder
@@ -60,17 +60,17 @@ def system_audio(record: dict, vocode: Callable[[np.ndarray], np.ndarray]) -> di
     }
 
 
-def _embedding(encoder, wav_S: np.ndarray) -> np.ndarray | None:
-    """The speaker embedding of a waveform, or None when there is no speech to embed (the
-    similarity is then NaN): a silent mean-mel baseline must not stop the scoring."""
+def _embedding(encoder, wav_S: np.ndarray, whose: str) -> np.ndarray | MetricUnavailable | None:
+    """The speaker embedding of a waveform, or why there is none (the similarity is then NaN with
+    that reason): a silent mean-mel baseline must not stop the scoring. None without an encoder."""
     from l2s.speaker import SpeakerError
 
     if encoder is None:
         return None
     try:
         return encoder.embed(wav_S)
-    except SpeakerError:
-        return None
+    except SpeakerError as e:
+        return MetricUnavailable(f"no speaker embedding of the {whose} ({e})")
 
 
 def score_record(record: dict, results: str, recognizer=None, speaker_encoder=None) -> list[dict]:
@@ -78,9 +78,10 @@ def score_record(record: dict, results: str, recognizer=None, speaker_encoder=No
     record's vocoder) are written beside the model's wavs (for the report) unless already there.
 
     With a `speaker_encoder` (l2s.speaker.SpeakerEncoder), `speaker_similarity` is the cosine of
-    each system's embedding with the recording's."""
+    each system's embedding with the recording's. With a `recognizer` (an ASRBackend) and a
+    transcript, every system's speech is transcribed for WER / CER."""
     reference_S = reference_audio(record)
-    reference_D = _embedding(speaker_encoder, reference_S)
+    reference_D = _embedding(speaker_encoder, reference_S, "recording")
     audio = system_audio(record, load_vocoder(record.get("vocoder")))
     for name, wav_S in (
         ("reference", reference_S),
@@ -90,16 +91,19 @@ def score_record(record: dict, results: str, recognizer=None, speaker_encoder=No
         uri = storage.join(results, AUDIO_DIRS[name], f"{record['id']}.wav")
         if not storage.exists(uri):
             write_wav(uri, wav_S)
+    transcript = record["transcript"]
     rows = []
     for system, generated_S in audio.items():
-        hypothesis = recognizer.transcribe(generated_S) if recognizer else None
+        hypothesis = (
+            recognizer.transcribe(generated_S) if recognizer and transcript is not None else None
+        )
         scores = score_utterance(
             reference_S,
             generated_S,
-            transcript=record["transcript"] if recognizer else None,
+            transcript=transcript,
             hypothesis=hypothesis,
             reference_embedding=reference_D,
-            generated_embedding=_embedding(speaker_encoder, generated_S),
+            generated_embedding=_embedding(speaker_encoder, generated_S, f"{system} speech"),
         )
         rows.append(
             {
@@ -108,7 +112,7 @@ def score_record(record: dict, results: str, recognizer=None, speaker_encoder=No
                 "split": record["split"],
                 "system": system,
                 "hypothesis": hypothesis,
-                "asr": recognizer.name if recognizer else None,
+                "asr": recognizer.name if hypothesis is not None else None,
                 **scores,
             }
         )
