@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import itertools
 import math
 import pickle
@@ -13,11 +14,13 @@ import pesq
 import pystoi
 import pytest
 import soundfile as sf
+from rich.console import Console
 
 from l2s.config import AUDIO
 from l2s.evaluate import metrics
 from l2s.evaluate.asr import GRID_WORDS, ASRBackend, PocketSphinxASR, asr_for_corpus
 from l2s.evaluate.metrics import MetricUnavailable, nan_reasons_of
+from l2s.evaluate.split import print_summary, summarize
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "real"
 SPEECH = REAL / "python-pesq__speech.wav"
@@ -231,3 +234,55 @@ def test_every_nan_in_a_score_row_says_why(speech: np.ndarray) -> None:
     assert reasons["speaker_similarity"] == str(no_voice)
     assert reasons["wer"] == reasons["cer"] == "no recognizer"
     assert reasons["pesq_wb"] == "generated signal is silent"
+
+
+def scored(clip: str, system: str, reference_S, generated_S, **text) -> dict:
+    """A summary row as `score_record` makes it, from real signals."""
+    row = metrics.score_utterance(reference_S, generated_S, **text)
+    return {"id": clip, "split": "test", "system": system, "asr": None, **row}
+
+
+def test_summary_compares_systems_on_the_same_clips_and_says_so(speech: np.ndarray) -> None:
+    """System "b" is silent on clip 2, so PESQ has no value there: both systems' PESQ is averaged
+    over clips 0 and 1 (paired), the cells show n=2, and a note says which system lacked it and
+    why. STOI exists everywhere and covers all three clips without a count."""
+    rows = []
+    for i in range(3):
+        rows.append(scored(f"c{i}", "a", speech, noisy(speech, 10.0, seed=i)))
+        b_S = noisy(speech, 5.0, seed=10 + i) if i < 2 else np.zeros_like(speech)
+        rows.append(scored(f"c{i}", "b", speech, b_S))
+    summary = summarize(rows)
+    for system in ("a", "b"):
+        mine = [r for r in rows if r["system"] == system]
+        pesq = summary.means[("test", system)]["pesq_wb"]
+        assert pesq.n == 2 and pesq.value == pytest.approx(
+            np.mean([r["pesq_wb"] for r in mine[:2]])
+        )
+        stoi = summary.means[("test", system)]["stoi"]
+        assert stoi.n == 3 and stoi.value == pytest.approx(np.mean([r["stoi"] for r in mine]))
+    assert any(
+        note.startswith("test pesq_wb: means over 2 of 3 clips")
+        and "no value for b on 1 clip (generated signal is silent: 1)" in note
+        for note in summary.notes
+    ), summary.notes
+    out = io.StringIO()
+    print_summary(rows, Console(file=out, width=250))
+    printed = out.getvalue()
+    print(printed)
+    assert printed.count("(n=2)") == 4  # PESQ-WB and PESQ-NB of both systems
+    assert "generated signal is silent" in printed and "ASR: none" in printed
+    assert "wer" in printed and "cer" in printed  # the columns are there even when empty
+
+
+def test_wer_and_cer_are_pooled_over_words_not_averaged_per_clip(speech: np.ndarray) -> None:
+    references = ["bin blue at f two now please set white", "lay green"]
+    heard = ["bin blue at f two now please set red", "place red"]  # 1 error of 9, 2 of 2
+    rows = [
+        scored(f"c{i}", "l2s", speech, speech, transcript=ref, hypothesis=hyp)
+        for i, (ref, hyp) in enumerate(zip(references, heard, strict=True))
+    ]
+    assert [r["wer"] for r in rows] == pytest.approx([1 / 9, 1.0])  # per clip in the rows
+    means = summarize(rows).means[("test", "l2s")]
+    assert means["wer"].value == pytest.approx(3 / 11)  # not (1/9 + 1) / 2
+    assert means["cer"].value == pytest.approx(metrics.cer(references, heard))
+    assert means["wer"].n == 2
