@@ -18,7 +18,14 @@ from rich.console import Console
 
 from l2s.config import AUDIO
 from l2s.evaluate import metrics
-from l2s.evaluate.asr import GRID_WORDS, ASRBackend, PocketSphinxASR, asr_for_corpus
+from l2s.evaluate.asr import (
+    GRID_WORDS,
+    ASRBackend,
+    PocketSphinxASR,
+    asr_for_corpus,
+    is_grid_sentence,
+    mode_for_transcripts,
+)
 from l2s.evaluate.metrics import MetricUnavailable, nan_reasons_of
 from l2s.evaluate.split import print_summary, summarize
 
@@ -286,3 +293,42 @@ def test_wer_and_cer_are_pooled_over_words_not_averaged_per_clip(speech: np.ndar
     assert means["wer"].value == pytest.approx(3 / 11)  # not (1/9 + 1) / 2
     assert means["cer"].value == pytest.approx(metrics.cer(references, heard))
     assert means["wer"].n == 2
+
+
+def test_the_recogniser_follows_the_transcripts() -> None:
+    grid = ["BIN BLUE AT F TWO NOW", "set white with z nine soon"]
+    assert is_grid_sentence(grid[0]) and not is_grid_sentence("BIN BLUE AT W TWO NOW")
+    assert mode_for_transcripts(grid) == "grid"
+    assert mode_for_transcripts([*grid, "THE DOG WALKS AT HOME"]) == "open"
+    assert mode_for_transcripts([*grid, None]) == "open"  # a clip without one: no grammar claim
+    assert mode_for_transcripts([None, ""]) is None
+
+
+def test_a_scored_split_has_the_recordings_row_and_names_its_recogniser(
+    synth_features: str, checkpoint: str, ray_local, tmp_path: Path
+) -> None:
+    from l2s.evaluate.report import write_report
+    from l2s.evaluate.split import score_results
+    from l2s.pipeline.generate import generate_split
+
+    out = str(tmp_path / "test")
+    generate_split(synth_features, "test", checkpoint, out)
+    rows = score_results(out)  # the synthetic corpus speaks GRID sentences: the grammar is chosen
+    assert {r["system"] for r in rows} == {"recording", "l2s", "gt_mel", "mean_mel"}
+    assert {r["asr"] for r in rows} == {PocketSphinxASR("grid").name}
+    assert all(unexplained_nans(r) == [] for r in rows)
+    recording = [r for r in rows if r["system"] == "recording"]
+    assert all(r["stoi"] == pytest.approx(1.0, abs=1e-6) for r in recording)
+    pooled = sum(r["wer"] * r["ref_words"] for r in recording) / sum(
+        r["ref_words"] for r in recording
+    )
+    means = summarize(rows).means
+    assert means[("test", "recording")]["wer"].value == pytest.approx(pooled)
+    assert pooled <= 0.5  # espeak's GRID sentences under the grammar (measured ~0.15)
+    printed = io.StringIO()
+    print_summary(rows, Console(file=printed, width=250))
+    text = printed.getvalue()
+    print(text)
+    assert "recording" in text and f"ASR: {PocketSphinxASR('grid').name}" in text
+    report = write_report([out], rows, tmp_path / "report.html").read_text()
+    assert "<th>wer</th>" in report and f"ASR: {PocketSphinxASR('grid').name}" in report

@@ -58,10 +58,11 @@ def write_report(
     parts = [
         "<!doctype html><meta charset=utf-8><title>l2s report</title>",
         f"<style>{STYLE}</style><h1>l2s report</h1>",
-        "<p>Every system is vocoded by Griffin-Lim and scored against the clip's recording. "
-        "<b>gt_mel</b>: the ground-truth mel (the vocoder's ceiling); <b>mean_mel</b>: a constant "
-        "mean-mel predictor (the floor). Each metric is averaged over the clips where every "
-        "system has it.</p>",
+        "<p>Every system is scored against the clip's recording, and all but the recording are "
+        "vocoded by Griffin-Lim. <b>recording</b>: the recording itself (the bound; its WER is the "
+        "recognizer's own); <b>gt_mel</b>: the ground-truth mel (the vocoder's ceiling); "
+        "<b>mean_mel</b>: a constant mean-mel predictor (the floor). Each metric is averaged over "
+        "the clips where every system has it.</p>",
         _summary_table(rows),
     ]
     for folder in results:
@@ -75,11 +76,11 @@ def write_report(
             mine = scores.get((clip, "l2s"), {})
             numbers = ", ".join(
                 f"{m} {mine[m]:.3f}"
-                for m in ("stoi", "estoi", "pesq_wb")
+                for m in ("stoi", "estoi", "pesq_wb", "wer")
                 if m in mine and mine[m] == mine[m]
             )
             players = []
-            for name in ("reference", *SYSTEMS):
+            for name in SYSTEMS:
                 wav = Path(folder) / AUDIO_DIRS[name] / f"{clip}.wav"
                 if wav.exists():
                     src = html.escape(os.path.relpath(wav, out.parent))

@@ -1,7 +1,9 @@
-"""Scoring a generated split against the recordings, with two baselines in the same table.
+"""Scoring a generated split against the recordings: the recordings' own row (the bound) and two
+baselines in the same table.
 
-Systems, each vocoded by the split's vocoder (Griffin-Lim unless `l2s generate --vocoder` named
-another) and scored against the clip's original waveform:
+Systems, each scored against the clip's original waveform; all but the recording are vocoded by
+the split's vocoder (Griffin-Lim unless `l2s generate --vocoder` named another):
+  recording    the original waveform itself: the bound (its WER / CER are the recognizer's own)
   l2s          the model's mel (the wav `generate_split` wrote)
   gt_mel       the ground-truth mel: the ceiling the vocoder allows
   mean_mel     a constant predictor, the training mel mean at every frame: the floor
@@ -39,13 +41,14 @@ from l2s.pipeline import shards
 from l2s.vocoder import load_vocoder
 
 SCORES_FILE = "scores.parquet"
-# Folders (in a results folder) of the recordings and of each system's audio.
-AUDIO_DIRS = {"reference": "reference", "l2s": WAV_DIR, "gt_mel": "gt_mel", "mean_mel": "mean_mel"}
-SYSTEMS = ("l2s", "gt_mel", "mean_mel")
+# Folders (in a results folder) of each system's audio.
+AUDIO_DIRS = {"recording": "reference", "l2s": WAV_DIR, "gt_mel": "gt_mel", "mean_mel": "mean_mel"}
+SYSTEMS = ("recording", "l2s", "gt_mel", "mean_mel")
 SUMMARY_METRICS = ("stoi", "estoi", "pesq_wb", "pesq_nb", "mcd", "speaker_similarity", "wer", "cer")
 ALWAYS_SHOWN = ("wer", "cer")  # a table without them would hide that nothing recognised the words
 POOLED = {"wer": "ref_words", "cer": "ref_chars"}  # metric → the reference units it is pooled over
 HEADERS = {"speaker_similarity": "spk_sim"}  # short column names for the printed table
+ASR_MODES = ("auto", "grid", "open")
 
 
 def reference_audio(record: dict) -> np.ndarray:
@@ -88,18 +91,14 @@ def score_record(record: dict, results: str, recognizer=None, speaker_encoder=No
 
     With a `speaker_encoder` (l2s.speaker.SpeakerEncoder), `speaker_similarity` is the cosine of
     each system's embedding with the recording's. With a `recognizer` (an ASRBackend) and a
-    transcript, every system's speech is transcribed for WER / CER."""
+    transcript, every system's speech is transcribed for WER / CER, the recording's included."""
     reference_S = reference_audio(record)
     reference_D = _embedding(speaker_encoder, reference_S, "recording")
-    audio = system_audio(record, load_vocoder(record.get("vocoder")))
-    for name, wav_S in (
-        ("reference", reference_S),
-        ("gt_mel", audio["gt_mel"]),
-        ("mean_mel", audio["mean_mel"]),
-    ):
+    audio = {"recording": reference_S} | system_audio(record, load_vocoder(record.get("vocoder")))
+    for name in ("recording", "gt_mel", "mean_mel"):
         uri = storage.join(results, AUDIO_DIRS[name], f"{record['id']}.wav")
         if not storage.exists(uri):
-            write_wav(uri, wav_S)
+            write_wav(uri, audio[name])
     transcript = record["transcript"]
     rows = []
     for system, generated_S in audio.items():
@@ -112,7 +111,11 @@ def score_record(record: dict, results: str, recognizer=None, speaker_encoder=No
             transcript=transcript,
             hypothesis=hypothesis,
             reference_embedding=reference_D,
-            generated_embedding=_embedding(speaker_encoder, generated_S, f"{system} speech"),
+            generated_embedding=(
+                reference_D
+                if system == "recording"
+                else _embedding(speaker_encoder, generated_S, f"{system} speech")
+            ),
         )
         rows.append(
             {
@@ -153,19 +156,26 @@ class ScoreBatch:
 
 
 def score_results(
-    results: str, asr: str | None = None, *, workers: int | None = None, progress: bool = True
+    results: str, asr: str | None = "auto", *, workers: int | None = None, progress: bool = True
 ) -> list[dict]:
     """Score every generated clip of `results` in parallel on the current Ray (one actor per CPU);
     write `results/scores.parquet`.
 
-    `asr`: None (no WER / CER), "grid" or "open" (pocketsphinx, offline).
+    `asr`: pocketsphinx (offline) for WER / CER: "grid" (the GRID grammar), "open" (its trigram
+    LM), "auto" (the grammar when every transcript is a GRID sentence, the LM otherwise, none
+    when no clip has a transcript) or None (no WER / CER).
     """
     import ray
     from ray.data import ActorPoolStrategy
 
+    from l2s.evaluate.asr import mode_for_transcripts
     from l2s.pipeline.runtime import worker_env
 
+    if asr is not None and asr not in ASR_MODES:
+        raise ValueError(f"unknown ASR {asr!r}: use one of {', '.join(ASR_MODES)} or None")
     records = read_generated(results)
+    if asr == "auto":
+        asr = mode_for_transcripts(r["transcript"] for r in records)
     cpus = int(ray.cluster_resources().get("CPU", 1))
     remote = worker_env()
     ds = ray.data.from_items(records, override_num_blocks=max(1, min(len(records), 4 * cpus)))
