@@ -78,10 +78,10 @@ def main() -> None:
     rtf = {r["system"]: r["rtf"] for r in rows if "rtf" in r}
     clips = [r for r in rows if "rtf" not in r]
     print_summary(clips, title="vocoders on ground-truth mels (mean ± 95 % interval)")
-    summary = summarize(clips)
-    base, ours = summary[(args.split, "griffin-lim")], summary[(args.split, "hifigan")]
+    means = summarize(clips).means
+    base, ours = means[(args.split, "griffin-lim")], means[(args.split, "hifigan")]
     deltas = "  ".join(
-        f"{m} {ours[m][0] - base[m][0]:+.3f}" for m in METRICS if m in base and m in ours
+        f"{m} {ours[m].value - base[m].value:+.3f}" for m in METRICS if m in base and m in ours
     )
     print(f"hifigan − griffin-lim: {deltas}")
     print(

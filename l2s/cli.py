@@ -322,8 +322,12 @@ def generate(
 def score(
     results: Annotated[list[str], typer.Argument(help="Results folders (l2s generate).")],
     asr: Annotated[
-        str | None, typer.Option(help="WER/CER with pocketsphinx: grid, open (or none).")
-    ] = None,
+        str,
+        typer.Option(
+            help="WER/CER with pocketsphinx: auto (the GRID grammar when every transcript is a "
+            "GRID sentence, else the open LM), grid, open, or none."
+        ),
+    ] = "auto",
     report: Annotated[
         Path | None, typer.Option(help="HTML report (default: beside the first results folder)")
     ] = None,
@@ -331,11 +335,16 @@ def score(
     """Score generated speech against the recordings, with ground-truth-mel and mean-mel baselines;
     print the summary and write an HTML report."""
     from l2s.evaluate.report import write_report
-    from l2s.evaluate.split import print_summary, score_results
+    from l2s.evaluate.split import ASR_MODES, print_summary, score_results
     from l2s.pipeline.runtime import connect
 
+    if asr not in (*ASR_MODES, "none"):
+        console.print(f"[red]error:[/] --asr {asr!r}: use one of {', '.join(ASR_MODES)}, none")
+        raise typer.Exit(2)
     connect()
-    rows = [row for folder in results for row in score_results(folder, asr)]
+    rows = [
+        row for folder in results for row in score_results(folder, None if asr == "none" else asr)
+    ]
     print_summary(rows, console)
     path = write_report(results, rows, report or Path(results[0]).parent / "report.html")
     console.print(f"report: {path}")

@@ -104,8 +104,8 @@ def run_demo(cfg: DemoConfig) -> Path:
         generate_split(features, split, run, folder)
         results.append(folder)
 
-    _stage("5/5 score against the recordings, with two baselines", start)
-    scored = [row for folder in results for row in score_results(folder)]
+    _stage("5/5 score against the recordings, with two baselines and WER / CER", start)
+    scored = [row for folder in results for row in score_results(folder, asr="auto")]
     print_summary(scored, console)
     report = write_report(results, scored, root / "report.html")
     console.print(f"done in {(time.perf_counter() - start) / 60:.1f} min; report: {report}")

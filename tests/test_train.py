@@ -24,8 +24,8 @@ from l2s.models.lip2speech import Lip2Speech, tiny
 from l2s.train import TrainConfig, load_checkpoint, train
 from l2s.train.data import bucket, collate, cut, index_dataset, utterances
 from l2s.train.logs import read_metrics
-from l2s.train.tasks.lip2speech import learning_rate
 from l2s.train.speakers import SpeakerBank
+from l2s.train.tasks.lip2speech import learning_rate
 from l2s.train.toy import ToyConfig, toy_rows, write_toy_features
 
 
