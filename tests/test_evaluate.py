@@ -6,6 +6,7 @@ import io
 import itertools
 import math
 import pickle
+from pathlib import Path
 
 import librosa
 import numpy as np
