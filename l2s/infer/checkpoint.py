@@ -24,7 +24,7 @@ from l2s.models.lip2speech import Lip2Speech, ModelConfig
 
 MODEL_FILE = "model.pt"
 VOCODER_FILE = (
-    "vocoder.pt"  # a HiFi-GAN run's checkpoints hold this instead (train/vocoder_loop.py)
+    "vocoder.pt"  # a HiFi-GAN run's checkpoints hold this instead (train/tasks/vocoder.py)
 )
 CONFIG_FILE = "config.json"
 PREFIX = "checkpoint_"
