@@ -24,6 +24,10 @@ backward, optimizer) and the forward pass of each part of the model, on the same
 
 from __future__ import annotations
 
+import l2s  # noqa: F401  first: it sets OMP_WAIT_POLICY before torch loads OpenMP
+
+# isort: split
+
 import argparse
 import tempfile
 import threading

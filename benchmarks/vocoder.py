@@ -12,6 +12,10 @@ at a time, after one warm-up call) with its ratio to Griffin-Lim's.
 
 from __future__ import annotations
 
+import l2s  # noqa: F401  first: it sets OMP_WAIT_POLICY before torch loads OpenMP
+
+# isort: split
+
 import argparse
 import time
 
