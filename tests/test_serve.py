@@ -22,7 +22,9 @@ import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from fractions import Fraction
+from html.parser import HTMLParser
 from pathlib import Path
+from urllib.parse import urljoin, urlsplit
 
 import av
 import numpy as np
@@ -98,10 +100,40 @@ def test_health_docs_and_page(server: str) -> None:
     speech_spec = spec["paths"]["/v1/speech"]["post"]
     assert "audio/wav" in speech_spec["responses"]["200"]["content"]
     assert {"413", "415", "422"} <= set(speech_spec["responses"])
-    assert "swagger" in requests.get(f"{server}/docs", timeout=10).text.lower()
     page = requests.get(f"{server}/", timeout=10)
     assert page.headers["content-type"].startswith("text/html")
     assert 'id="video"' in page.text and "v1/${mode}" in page.text
+
+
+class AssetLinks(HTMLParser):
+    """The URLs a page loads: script sources, stylesheets and icons."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.urls: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        attributes = dict(attrs)
+        if tag == "script" and attributes.get("src"):
+            self.urls.append(attributes["src"])
+        if tag == "link" and attributes.get("href"):
+            self.urls.append(attributes["href"])
+
+
+@pytest.mark.parametrize("page", ["docs", "redoc"])
+def test_docs_pages_load_their_assets_from_the_app(server: str, page: str) -> None:
+    """An offline cluster has no CDN: every script and stylesheet of the API pages comes from
+    the app itself."""
+    response = requests.get(f"{server}/{page}", timeout=10)
+    assert response.status_code == 200
+    links = AssetLinks()
+    links.feed(response.text)
+    assert any(url.endswith(".js") for url in links.urls), links.urls
+    for url in links.urls:
+        absolute = urljoin(f"{server}/{page}", url)
+        assert urlsplit(absolute).netloc == urlsplit(server).netloc, f"{page} loads {url}"
+        asset = requests.get(absolute, timeout=10)
+        assert asset.status_code == 200 and asset.content, url
 
 
 def test_speech_of_real_clips_is_as_long_as_the_video(server: str, real_clips: list[Path]) -> None:

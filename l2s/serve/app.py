@@ -17,6 +17,8 @@ cannot be spoken (too long, too large a frame, no face, decoding fails midway), 
 
 The ingress does no heavy work itself: it reads the upload and hands it to the deployments of
 l2s/serve/deployments.py; for /v1/dub it muxes the speech in (a stream copy) in a thread.
+The /docs and /redoc pages load their scripts from the app itself (fastapi-offline), so they work
+on a cluster without internet access.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from typing import Annotated, Any
 import numpy as np
 from fastapi import FastAPI, File, Form, HTTPException, UploadFile
 from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi_offline import FastAPIOffline
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -96,7 +99,7 @@ def make_api(
     cfg: ServeConfig, preprocess: DeploymentHandle, synthesizer: DeploymentHandle
 ) -> FastAPI:
     """The FastAPI app of one ingress replica, calling the deployments through their handles."""
-    api = FastAPI(
+    api = FastAPIOffline(
         title="l2s",
         version=__version__,
         summary="Lip-to-speech: a silent talking-face video in, speech out.",
