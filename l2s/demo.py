@@ -26,8 +26,8 @@ class DemoConfig:
     out: str = "out/demo"
     speakers: int = 4
     utterances: int = 40  # per speaker
-    steps: int = 2000
-    max_train_minutes: float = 8.0
+    steps: int = 1600
+    max_train_minutes: float = 7.5
 
     def __post_init__(self) -> None:
         if self.speakers < 1 or self.utterances < 3 or self.steps < 2:
@@ -80,12 +80,13 @@ def run_demo(cfg: DemoConfig) -> Path:
             out=run,
             steps=cfg.steps,
             time_budget_min=cfg.max_train_minutes,
-            # The recipe that learns fastest per minute on 2 cores (README): one worker, small
-            # batches, no time masking.
-            workers=1,
+            # The recipe that learned fastest on 2 cores (README): two single-threaded workers
+            # (a tiny model's ops gain ~10 % from a second thread, a second worker doubles the
+            # clips per step), small batches, lr 4e-3, no time masking.
+            workers=2,
             batch_size=4,
             time_mask=False,
-            lr=2e-3,
+            lr=4e-3,
             warmup_steps=min(100, cfg.steps // 4),
             val_every=max(cfg.steps // 4, 1),
             ckpt_every=max(cfg.steps // 2, 1),
