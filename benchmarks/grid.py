@@ -83,15 +83,20 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=1_000_000, help="training steps at most")
     parser.add_argument("--preset", default="tiny")
     parser.add_argument("--gpus-per-node", type=int, default=0)
-    parser.add_argument("--workers", type=int, default=1, help="CPU training workers")
+    parser.add_argument("--workers", type=int, default=2, help="CPU training workers")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--lr", type=float, default=4e-3)
     parser.add_argument("--init", default=None, help="start from this checkpoint's weights")
+    parser.add_argument("--time-mask", action="store_true", help="auto-AVSR's time masking")
+    parser.add_argument(
+        "--frontend-width", type=int, default=None, help="ResNet trunk width (tiny: 8)"
+    )
     parser.add_argument("--vocoder", default=None, help="griffin-lim (default) or a HiFi-GAN run")
     parser.add_argument("--train-only", action="store_true", help="stop after training")
     args = parser.parse_args()
 
     from l2s.evaluate.split import print_summary, score_results, summarize
+    from l2s.models.lip2speech import PRESETS
     from l2s.pipeline.generate import generate_split
     from l2s.pipeline.runtime import connect
     from l2s.train import TrainConfig, train
@@ -103,16 +108,20 @@ def main() -> None:
     dataset = features(args.grid, out, console)
 
     run = str(out / "runs" / args.name)
+    model = PRESETS[args.preset]()
+    if args.frontend_width is not None:
+        model = dataclasses.replace(model, frontend_width=args.frontend_width)
     cfg = TrainConfig(
         dataset=dataset,
         out=run,
         preset=args.preset,
+        model=model,
         steps=args.steps,
         time_budget_min=args.budget_minutes,
         batch_size=args.batch_size,
         lr=args.lr,
         warmup_steps=100,
-        time_mask=False,
+        time_mask=args.time_mask,
         workers=args.workers,
         gpus_per_node=args.gpus_per_node,
         val_every=500,
