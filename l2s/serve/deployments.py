@@ -168,7 +168,12 @@ class Synthesizer:
     def batch_sizes(self) -> dict[str, dict[int, int]]:
         return {stage: dict(counts) for stage, counts in self.batches.items()}
 
-    async def speak(self, roi_THW: np.ndarray, speaker: str | None = None) -> np.ndarray:
+    async def speak(
+        self, rois: tuple[np.ndarray, float], speaker: str | None = None
+    ) -> tuple[np.ndarray, float]:
+        """What `Preprocess.rois` returned (the ROIs and the fraction of frames with a face) →
+        the speech wav_S and that fraction, passed through for the ingress."""
+        roi_THW, face_ratio = rois
         try:
             speaker_D, _ = voice(self.model, None, speaker)
         except SpeakError as e:
@@ -177,7 +182,7 @@ class Synthesizer:
         mels = await asyncio.gather(
             *(self.mels(roi_THW[start : start + WINDOW], speaker_D) for start in starts)
         )
-        return await self.vocode(blend_windows(list(mels), starts, len(roi_THW)))
+        return await self.vocode(blend_windows(list(mels), starts, len(roi_THW))), face_ratio
 
     # The batched calls run in a thread: torch and Griffin-Lim release the GIL, and the
     # replica's event loop stays free to gather the next batch while this one computes.
