@@ -407,10 +407,23 @@ def dub(
     dst: Annotated[
         str, typer.Argument(help="Where DST/<relative path>.mp4 + .json and the ledger go.")
     ],
-    checkpoint: Checkpoint,
+    checkpoint: Annotated[
+        str | None,
+        typer.Option(help="A lip-to-speech checkpoint or run: speech from the lips."),
+    ] = None,
     speaker: Speaker = None,
     reference_audio: Annotated[
         str | None, typer.Option(help="A recording of the voice to speak in (local or s3://).")
+    ] = None,
+    speech_dir: Annotated[
+        str | None,
+        typer.Option(
+            help="Speech files by the videos' relative names (a/b.mp4 ← S/a/b.wav): re-voice "
+            "each video with its file and re-draw its lips (with --lipsync)."
+        ),
+    ] = None,
+    lipsync: Annotated[
+        str | None, typer.Option(help="The lip generator (l2s train-lipsync) for --speech-dir.")
     ] = None,
     workers: Annotated[int, typer.Option(help="Model workers (0: one per GPU, else per CPU).")] = 0,
     retry_failed: Annotated[
@@ -419,7 +432,8 @@ def dub(
     vocoder: Vocoder = None,
 ) -> None:
     """Give speech to every video under SRC not yet dubbed into DST, on Ray (rerun to resume):
-    the video stream copied, the speech as its audio track, a JSON sidecar beside each."""
+    the video stream copied, the speech as its audio track, a JSON sidecar beside each. With
+    --speech-dir and --lipsync: each video's own speech file instead, and its lips re-drawn."""
     from l2s.dub import DubConfig, run_dub
     from l2s.infer import SpeakError
 
@@ -428,6 +442,8 @@ def dub(
             checkpoint=checkpoint,
             speaker=speaker,
             reference_audio=reference_audio,
+            speech_dir=speech_dir,
+            lipsync=lipsync,
             workers=workers or None,
             retry_failed=retry_failed,
             vocoder=vocoder,
