@@ -93,7 +93,7 @@ def main() -> None:
     from l2s.models.syncnet import SyncConfig, SyncNet
     from l2s.sync.expert import SyncExpert
 
-    console = Console()
+    console = Console(width=120)
     expert = SyncExpert.load(args.expert)
     torch.manual_seed(0)
     untrained = SyncNet(SyncConfig.from_dict(expert.network.cfg.to_dict())).eval()

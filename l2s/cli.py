@@ -468,8 +468,13 @@ def serve(
     max_upload_mb: Annotated[float, typer.Option(help="Largest upload accepted.")] = 100.0,
     max_seconds: Annotated[float, typer.Option(help="Longest video accepted.")] = 60.0,
     vocoder: Vocoder = None,
+    lipsync: Annotated[
+        str | None,
+        typer.Option(help="A lip generator (l2s train-lipsync): serves POST /v1/lipsync."),
+    ] = None,
 ) -> None:
-    """Serve speech over HTTP (Ray Serve): POST /v1/speech, /v1/dub; a web page at /; /docs."""
+    """Serve speech over HTTP (Ray Serve): POST /v1/speech, /v1/dub (and /v1/lipsync with
+    --lipsync); a web page at /; /docs."""
     import os
     import signal
     import threading
@@ -486,6 +491,7 @@ def serve(
         max_upload_mb=max_upload_mb,
         max_seconds=max_seconds,
         vocoder=vocoder,
+        lipsync=lipsync,
     )
     url = start(cfg, host, port)
     stop = threading.Event()

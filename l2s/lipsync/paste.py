@@ -62,3 +62,16 @@ def paste(
     ycrcb_hwC[..., 0] = np.clip(np.round(blended_hw), 0, 255).astype(np.uint8)
     out_HWC[y0:y1, x0:x1] = cv2.cvtColor(ycrcb_hwC, cv2.COLOR_YCrCb2RGB)
     return out_HWC
+
+
+def paste_clip(
+    frames_THWC: np.ndarray, drawn_THW: np.ndarray, transform_T23: np.ndarray, top: int
+) -> np.ndarray:
+    """Every frame with its re-drawn ROI pasted in (`paste`, the mask of `feather_mask(top)`)."""
+    mask_HW = feather_mask(top)
+    return np.stack(
+        [
+            paste(f, d, m, mask_HW)
+            for f, d, m in zip(frames_THWC, drawn_THW, transform_T23, strict=True)
+        ]
+    )

@@ -9,11 +9,13 @@ Routes (FastAPI; OpenAPI at /docs and /openapi.json):
     GET  /healthz     {"status": "ok", ...}
     POST /v1/speech   multipart `video` (+ optional `speaker`) → audio/wav, 16 kHz mono
     POST /v1/dub      the same → video/mp4: the video stream copied, the speech as its audio
+    POST /v1/lipsync  multipart `video` + `speech` → video/mp4: the lips re-drawn to the speech,
+                      which is its audio (only when the server has a lip generator; else 404)
 
 Bad input never gives a 500: 413 for an upload over the size limit, 415 for a file that is not
 a video FFmpeg can read (corrupt, truncated, audio only, an unknown codec), 422 for a video that
 cannot be spoken (too long, too large a frame, no face, decoding fails midway), each with
-`{"detail": reason}`.
+`{"detail": reason}`. /v1/lipsync follows the same rules, its speech upload too (415: not audio).
 
 The ingress does no heavy work itself: it reads the upload and hands it to the deployments of
 l2s/serve/deployments.py; for /v1/dub it muxes the speech in (a stream copy) in a thread.
@@ -40,7 +42,7 @@ from l2s import __version__
 from l2s.audio import wav_bytes
 from l2s.config import AUDIO
 from l2s.serve.config import Rejected, ServeConfig
-from l2s.serve.deployments import Preprocess, Synthesizer
+from l2s.serve.deployments import LipSyncer, Preprocess, Synthesizer
 from l2s.video import VideoError, mux_audio
 
 # Multipart framing around the file (boundaries, part headers, the `speaker` field) is allowed
@@ -48,6 +50,9 @@ from l2s.video import VideoError, mux_audio
 MULTIPART_SLACK = 64 * 1024
 VideoUpload = Annotated[
     UploadFile, File(description="A video of one talking face (mp4, webm, mov, ...)")
+]
+SpeechUpload = Annotated[
+    UploadFile, File(description="The speech the lips should say (wav, mp3, m4a, ...)")
 ]
 SpeakerName = Annotated[
     str | None, Form(description="A speaker the model was trained on (default: their average)")
@@ -93,7 +98,10 @@ class UploadLimit:
 
 
 def make_api(
-    cfg: ServeConfig, preprocess: DeploymentHandle, synthesizer: DeploymentHandle
+    cfg: ServeConfig,
+    preprocess: DeploymentHandle,
+    synthesizer: DeploymentHandle,
+    lipsyncer: DeploymentHandle | None = None,
 ) -> FastAPI:
     """The FastAPI app of one ingress replica, calling the deployments through their handles."""
     api = FastAPI(
@@ -108,11 +116,10 @@ def make_api(
     api.add_middleware(UploadLimit, max_bytes=cfg.max_upload_bytes)
     page = resources.files("l2s.serve").joinpath("index.html").read_text(encoding="utf-8")
 
-    async def speech_of(video: UploadFile, speaker: str | None) -> tuple[bytes, np.ndarray, float]:
-        """The upload's bytes, its speech wav_S and the fraction of frames with a face."""
-        data = await video.read()
-        name = video.filename or "upload"
-        if len(data) > cfg.max_upload_bytes:
+    async def read_upload(upload: UploadFile, limit: int) -> bytes:
+        data = await upload.read()
+        name = upload.filename or "upload"
+        if len(data) > limit:
             raise HTTPException(
                 413,
                 f"{name}: upload is {len(data) / 2**20:.1f} MiB; the limit is "
@@ -120,6 +127,12 @@ def make_api(
             )
         if not data:
             raise HTTPException(422, f"{name}: upload is empty (0 bytes)")
+        return data
+
+    async def speech_of(video: UploadFile, speaker: str | None) -> tuple[bytes, np.ndarray, float]:
+        """The upload's bytes, its speech wav_S and the fraction of frames with a face."""
+        data = await read_upload(video, cfg.max_upload_bytes)
+        name = video.filename or "upload"
         try:
             roi_THW, face_ratio = await preprocess.rois.remote(data, name)
             wav_S = await synthesizer.speak.remote(roi_THW, speaker or None)
@@ -141,7 +154,12 @@ def make_api(
 
     @api.get("/healthz")
     async def healthz() -> dict[str, Any]:
-        return {"status": "ok", "version": __version__, "checkpoint": cfg.checkpoint}
+        return {
+            "status": "ok",
+            "version": __version__,
+            "checkpoint": cfg.checkpoint,
+            "lipsync": cfg.lipsync,
+        }
 
     @api.post(
         "/v1/speech",
@@ -183,6 +201,36 @@ def make_api(
             dubbed, media_type="video/mp4", headers=headers(video, wav_S, face_ratio, ".dub.mp4")
         )
 
+    @api.post(
+        "/v1/lipsync",
+        response_class=Response,
+        responses={
+            200: {"content": {"video/mp4": {}}, "description": "The video, lips re-drawn"},
+            404: {"description": "This server has no lip generator"},
+            **ERRORS,
+        },
+    )
+    async def lipsync(video: VideoUpload, speech: SpeechUpload) -> Response:
+        """The video with its lips re-drawn to the speech, which is its only audio track (mp4,
+        h264 yuv420p at the source's size and frame rate; the speech cut or padded to the video).
+        The two uploads together stay within the upload limit."""
+        if lipsyncer is None:
+            raise HTTPException(404, "this server re-draws no lips: start it with --lipsync RUN")
+        video_data = await read_upload(video, cfg.max_upload_bytes)
+        speech_data = await read_upload(speech, cfg.max_upload_bytes - len(video_data))
+        try:
+            rendered = await lipsyncer.render.remote(
+                video_data, video.filename or "video", speech_data, speech.filename or "speech"
+            )
+        except Rejected as e:
+            raise HTTPException(e.status, e.reason) from None
+        stem = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(video.filename or "video").stem) or "video"
+        return Response(
+            rendered,
+            media_type="video/mp4",
+            headers={"Content-Disposition": f'inline; filename="{stem}.lipsync.mp4"'},
+        )
+
     return api
 
 
@@ -207,14 +255,19 @@ class Api:
     so that the routes can close over this deployment's config and handles."""
 
     def __init__(
-        self, preprocess: DeploymentHandle, synthesizer: DeploymentHandle, cfg: ServeConfig
+        self,
+        preprocess: DeploymentHandle,
+        synthesizer: DeploymentHandle,
+        cfg: ServeConfig,
+        lipsyncer: DeploymentHandle | None = None,
     ) -> None:
         self.preprocess = preprocess
         self.synthesizer = synthesizer
         self.cfg = cfg
+        self.lipsyncer = lipsyncer
 
     def __serve_build_asgi_app__(self) -> FastAPI:
-        return make_api(self.cfg, self.preprocess, self.synthesizer)
+        return make_api(self.cfg, self.preprocess, self.synthesizer, self.lipsyncer)
 
 
 def model_gpus(cfg: ServeConfig) -> float:
@@ -232,7 +285,8 @@ def model_gpus(cfg: ServeConfig) -> float:
 
 
 def app_for(cfg: ServeConfig) -> serve.Application:
-    """The application graph: ingress → Preprocess → Synthesizer, sized by `cfg`."""
+    """The application graph: ingress → Preprocess → Synthesizer (and LipSyncer when a lip
+    generator is configured), sized by `cfg`."""
     from l2s.pipeline.runtime import worker_env
 
     preprocess = Preprocess.options(
@@ -257,7 +311,16 @@ def app_for(cfg: ServeConfig) -> serve.Application:
             **worker_env(),
         },
     ).bind(cfg)
-    return Api.bind(preprocess, synthesizer, cfg)
+    lipsyncer = None
+    if cfg.lipsync:
+        lipsyncer = LipSyncer.options(
+            ray_actor_options={
+                "num_cpus": cfg.lipsync_cpus,
+                "num_gpus": model_gpus(cfg),
+                **worker_env(),
+            }
+        ).bind(cfg)
+    return Api.bind(preprocess, synthesizer, cfg, lipsyncer)
 
 
 def build_app(args: dict[str, Any]) -> serve.Application:

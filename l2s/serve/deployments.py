@@ -1,5 +1,6 @@
-"""The two working deployments behind the HTTP ingress: thin Ray Serve wrappers around the same
-per-clip functions `l2s speak` runs (`l2s.infer`), so the endpoint and the CLI speak alike.
+"""The working deployments behind the HTTP ingress: thin Ray Serve wrappers around the same
+per-clip functions `l2s speak` and `l2s lipsync` run (`l2s.infer`, `l2s.lipsync`), so the endpoint
+and the CLI speak alike.
 
     Preprocess   CPU. Upload bytes → checked against the limits → 96×96 mouth ROIs
                  (decode at 25 fps, dlib face tracking, mouth crop). One clip at a time per
@@ -10,6 +11,9 @@ per-clip functions `l2s speak` runs (`l2s.infer`), so the endpoint and the CLI s
                  into one mel per clip → the vocoder, batched the same way
                  (HiFi-GAN in one forward pass; Griffin-Lim gains nothing from a batch on a
                  CPU and runs its clips one by one).
+    LipSyncer    The lip generator (only when one is configured). Video + speech bytes → the
+                 video with its lips re-drawn to the speech (`l2s.lipsync.video.lipsync`: tracking
+                 at the source's frame rate, re-drawing, pasting, h264 + AAC). One at a time.
 
 Letters in shape names: T video frames, H×W pixels, M mel bands, F mel frames, S samples,
 D speaker-embedding size.
@@ -18,7 +22,9 @@ D speaker-embedding size.
 from __future__ import annotations
 
 import asyncio
+import tempfile
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 from ray import serve
@@ -44,27 +50,30 @@ class Preprocess:
         load_detector(self.features.face)  # once per replica, not on the first request
 
     def rois(self, data: bytes, filename: str) -> tuple[np.ndarray, float]:
-        cfg = self.cfg
+        check_video(data, filename, self.cfg)
         try:
-            info = probe(named_bytes(data, filename))
-        except VideoError as e:
-            raise Rejected(415, str(e)) from e
-        if info.duration > cfg.max_seconds:
-            raise Rejected(
-                422,
-                f"{filename}: video is {info.duration:.1f} s long; the limit is "
-                f"{cfg.max_seconds:g} s",
-            )
-        if max(info.width, info.height) > cfg.max_side:
-            raise Rejected(
-                422,
-                f"{filename}: resolution {info.width}×{info.height} is over the limit of "
-                f"{cfg.max_side} px on the long side",
-            )
-        try:
-            return mouth_rois(named_bytes(data, filename), self.features, cfg.max_seconds)
+            return mouth_rois(named_bytes(data, filename), self.features, self.cfg.max_seconds)
         except (SpeakError, VideoError) as e:
             raise Rejected(422, str(e)) from e
+
+
+def check_video(data: bytes, filename: str, cfg: ServeConfig) -> None:
+    """Refuse an upload that is no readable video (415) or is over the limits (422)."""
+    try:
+        info = probe(named_bytes(data, filename))
+    except VideoError as e:
+        raise Rejected(415, str(e)) from e
+    if info.duration > cfg.max_seconds:
+        raise Rejected(
+            422,
+            f"{filename}: video is {info.duration:.1f} s long; the limit is {cfg.max_seconds:g} s",
+        )
+    if max(info.width, info.height) > cfg.max_side:
+        raise Rejected(
+            422,
+            f"{filename}: resolution {info.width}×{info.height} is over the limit of "
+            f"{cfg.max_side} px on the long side",
+        )
 
 
 @serve.deployment(max_ongoing_requests=64)
@@ -112,3 +121,43 @@ class Synthesizer:
     async def vocode(self, mels: list[np.ndarray]) -> list[np.ndarray]:
         self.batches["vocoder"][len(mels)] += 1
         return await asyncio.to_thread(self.vocoder.batch, mels)
+
+
+@serve.deployment(max_ongoing_requests=1)
+class LipSyncer:
+    """(video bytes, speech bytes) → mp4 bytes: the video with its lips re-drawn to the speech."""
+
+    def __init__(self, cfg: ServeConfig) -> None:
+        import torch
+
+        from l2s.lipsync.model import LipSyncModel
+
+        self.cfg = cfg
+        self.features = FeatureConfig()
+        self.model = LipSyncModel.load(cfg.lipsync, "cuda" if torch.cuda.is_available() else "cpu")
+        load_detector(self.features.face)
+
+    def render(self, video: bytes, video_name: str, speech: bytes, speech_name: str) -> bytes:
+        from l2s.audio import AudioError, load_audio
+        from l2s.lipsync import LipSyncError
+        from l2s.lipsync.video import lipsync
+
+        check_video(video, video_name, self.cfg)
+        try:
+            load_audio(named_bytes(speech, speech_name))
+        except AudioError as e:
+            raise Rejected(415, str(e)) from e
+        with tempfile.TemporaryDirectory(prefix="l2s-lipsync-") as folder:
+            source = Path(folder) / f"video{Path(video_name).suffix[:16]}"
+            voice = Path(folder) / f"speech{Path(speech_name).suffix[:16]}"
+            out = Path(folder) / "out.mp4"
+            source.write_bytes(video)
+            voice.write_bytes(speech)
+            try:
+                lipsync(
+                    str(source), str(voice), out, self.model, self.features, self.cfg.max_seconds
+                )
+            except (LipSyncError, VideoError) as e:  # name the uploads, not their copies
+                reason = str(e).replace(str(source), video_name).replace(str(voice), speech_name)
+                raise Rejected(422, reason) from e
+            return out.read_bytes()
