@@ -192,6 +192,10 @@ def train(
     dropout: Annotated[
         float | None, typer.Option(help="Model dropout (default: the preset's).")
     ] = None,
+    init: Annotated[
+        str | None,
+        typer.Option(help="Start from this checkpoint's (or run's) weights: fine-tuning."),
+    ] = None,
     seed: Seed = 0,
 ) -> None:
     """Train the lip-to-speech model on Ray Train (DDP or DeepSpeed); rerun to resume."""
@@ -226,6 +230,7 @@ def train(
         gpus_per_node=gpus_per_node,
         workers=workers,
         time_budget_min=time_budget,
+        init=init,
         seed=seed,
     )
     _print_run(

@@ -29,25 +29,27 @@ from l2s.infer.model import SpeechModel
 from l2s.infer.vocoder import Vocoder, load_vocoder
 from l2s.infer.voice import split_speakers
 from l2s.pipeline import shards
+from l2s.schema import ManifestRow
 
 COLUMNS = ["id", "speaker", "split", "transcript", "n_frames", "roi", "mel"]
 GENERATED = "generated"  # folder of output-record shards in a results folder
 WAV_DIR = "wavs"
 
 
-def source_videos(dataset: str) -> dict[str, str]:
-    """Clip id → source video URI, from the manifest the dataset was made from ({} if it is gone)."""
+def source_rows(dataset: str) -> dict[str, ManifestRow]:
+    """Clip id → its manifest row (source video and segment), from the manifest the dataset was
+    made from ({} if it is gone)."""
     manifest = shards.read_metadata(dataset).get("source_manifest")
     if not manifest or not storage.exists(manifest):
         return {}
-    return {row.id: row.video for row in read_manifest(manifest)}
+    return {row.id: row for row in read_manifest(manifest)}
 
 
 def generate_clips(
     model: SpeechModel,
     clips: Sequence[dict],
     voices: dict[str, tuple[np.ndarray | None, str]],
-    videos: dict[str, str],
+    sources: dict[str, ManifestRow],
     out: str,
     vocode: Vocoder | None = None,
 ) -> list[dict]:
@@ -70,13 +72,15 @@ def generate_clips(
     for clip, mel_MF, wav_S in zip(clips, mels, wavs, strict=True):
         wav = storage.join(out, WAV_DIR, f"{clip['id']}.wav")
         write_wav(wav, wav_S)
+        source = sources.get(clip["id"])
         records.append(
             {
                 "id": clip["id"],
                 "speaker": clip["speaker"],
                 "split": clip["split"],
                 "transcript": clip["transcript"],
-                "video": videos.get(clip["id"]),
+                "video": source.video if source else None,
+                "start": source.start if source else 0.0,  # where the clip starts in the video
                 "n_frames": int(clip["n_frames"]),
                 "mel": mel_MF.astype(np.float32).tobytes(),
                 "target_mel": clip["mel"],
@@ -119,16 +123,18 @@ class GenerateBatch:
     """Model actor: one `SpeechModel` per actor; writes one output shard per batch."""
 
     def __init__(
-        self, checkpoint: str, out: str, voices: dict, videos: dict, vocoder: str | None
+        self, checkpoint: str, out: str, voices: dict, sources: dict, vocoder: str | None
     ) -> None:
         self.model, self.vocode = SpeechModel.load(checkpoint), load_vocoder(vocoder)
-        self.out, self.voices, self.videos = out, voices, videos
+        self.out, self.voices, self.sources = out, voices, sources
 
     def __call__(self, batch: dict) -> dict:
         clips = [
             dict(zip(batch, values, strict=True)) for values in zip(*batch.values(), strict=True)
         ]
-        records = generate_clips(self.model, clips, self.voices, self.videos, self.out, self.vocode)
+        records = generate_clips(
+            self.model, clips, self.voices, self.sources, self.out, self.vocode
+        )
         name = shards.shard_name([r["id"] for r in records])
         shards.write_table(pa.Table.from_pylist(records), storage.join(self.out, GENERATED, name))
         frames = sum(r["n_frames"] for r in records)
@@ -193,7 +199,7 @@ def generate_split(
         n_actors, actor_resources = _resources(workers)
         ds = ds.map_batches(
             GenerateBatch,
-            fn_constructor_args=(checkpoint, out, voices, source_videos(dataset), vocoder),
+            fn_constructor_args=(checkpoint, out, voices, source_rows(dataset), vocoder),
             batch_size=batch_size,
             compute=ActorPoolStrategy(min_size=1, max_size=n_actors),
             **actor_resources,
