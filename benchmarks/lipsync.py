@@ -34,9 +34,9 @@ from rich.table import Table
 SHEET_PAIRS = 3
 
 
-def load_clip(row, video: str) -> dict:
-    """A feature row with its source frames (25 fps, as preprocessing decoded them) and the
-    alignment that cut its ROIs."""
+def load_clip(row, source) -> dict:
+    """A feature row with its source frames (25 fps, as preprocessing decoded them: the manifest
+    row `source`'s video, its segment when it names one) and the alignment that cut its ROIs."""
     from l2s.config import VIDEO
     from l2s.face import mouth_transforms
     from l2s.features import FeatureConfig
@@ -45,7 +45,13 @@ def load_clip(row, video: str) -> dict:
 
     frames = []
     for frame_HWC, _ in zip(
-        iter_frames(video, fps=VIDEO.fps, max_side=FeatureConfig().max_side),
+        iter_frames(
+            source.video,
+            fps=VIDEO.fps,
+            max_side=FeatureConfig().max_side,
+            start=source.start,
+            duration=source.duration,
+        ),
         range(row.n_frames),
         strict=False,
     ):
@@ -53,7 +59,7 @@ def load_clip(row, video: str) -> dict:
     frames_THWC = np.stack(frames)
     landmarks_TK2 = row.landmarks_TK2()
     # Stored landmarks are in source pixels; the frames here are decoded as preprocessing did.
-    scale = frames_THWC.shape[2] / max(frames_THWC.shape[2], _source_width(video))
+    scale = frames_THWC.shape[2] / max(frames_THWC.shape[2], _source_width(source.video))
     transform_T23 = np.stack(
         [scale_transform(m, 1 / scale) for m in mouth_transforms(landmarks_TK2)]
     )
@@ -194,7 +200,7 @@ def write_sheet(shown: list[dict], path: Path) -> Path:
     return contact_sheet(rois, labels, path, n_frames=min(len(r) for r in rois))
 
 
-def write_side_by_side(s: dict, video_x: str, path: Path) -> Path:
+def write_side_by_side(s: dict, source_x, path: Path) -> Path:
     from l2s.audio import load_audio
     from l2s.config import AUDIO, VIDEO
     from l2s.video import write_video
@@ -205,7 +211,7 @@ def write_side_by_side(s: dict, video_x: str, path: Path) -> Path:
     frames_THWC = np.concatenate(
         [x["frames_THWC"][:n, :height], s["re_rendered"][:n, :height]], axis=2
     )
-    audio_S = load_audio(video_x, AUDIO.sample_rate)[: n * AUDIO.sample_rate // VIDEO.fps]
+    audio_S = load_audio(source_x.video, AUDIO.sample_rate, source_x.start, n / VIDEO.fps)
     write_video(path, frames_THWC, audio_S=audio_S)
     return path
 
@@ -226,7 +232,7 @@ def main() -> None:
 
     from l2s.lipsync.model import LipSyncModel
     from l2s.pipeline import shards
-    from l2s.pipeline.generate import source_videos
+    from l2s.pipeline.generate import source_rows
     from l2s.sync.expert import SyncExpert
 
     console = Console(width=120)
@@ -236,8 +242,14 @@ def main() -> None:
     rows = rows[: args.limit]
     if len(rows) < 2:
         raise SystemExit(f"{args.dataset}: fewer than 2 clips in split {args.split!r}")
-    videos = source_videos(args.dataset)
-    clips = [load_clip(row, videos[row.id]) for row in rows]
+    sources = source_rows(args.dataset)
+    missing = [row.id for row in rows if row.id not in sources]
+    if missing:
+        raise SystemExit(
+            f"{args.dataset}: its source manifest is gone or lacks {len(missing)} clips "
+            f"(first: {missing[0]}); the benchmark pastes into the source frames"
+        )
+    clips = [load_clip(row, sources[row.id]) for row in rows]
     results, shown = [], []
     for i, x in enumerate(clips):
         pair_rows, pair_shown = score_pair(x, clips[(i + 1) % len(clips)], model, expert)
@@ -255,7 +267,7 @@ def main() -> None:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         console.print(f"contact sheet: {write_sheet(shown, out / 'lipsync_sheet.png')}")
-        video = write_side_by_side(shown[0], videos[rows[0].id], out / "side_by_side.mp4")
+        video = write_side_by_side(shown[0], sources[rows[0].id], out / "side_by_side.mp4")
         console.print(f"side by side (real X | Y re-drawn to X's speech, X's audio): {video}")
     console.print(
         f"generator {model.checkpoint}; expert {expert.checkpoint}; {len(clips)} pairs in "
