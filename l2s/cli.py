@@ -412,10 +412,23 @@ def dub(
     dst: Annotated[
         str, typer.Argument(help="Where DST/<relative path>.mp4 + .json and the ledger go.")
     ],
-    checkpoint: Checkpoint,
+    checkpoint: Annotated[
+        str | None,
+        typer.Option(help="A lip-to-speech checkpoint or run: speech from the lips."),
+    ] = None,
     speaker: Speaker = None,
     reference_audio: Annotated[
         str | None, typer.Option(help="A recording of the voice to speak in (local or s3://).")
+    ] = None,
+    speech_dir: Annotated[
+        str | None,
+        typer.Option(
+            help="Speech files by the videos' relative names (a/b.mp4 ← S/a/b.wav): re-voice "
+            "each video with its file and re-draw its lips (with --lipsync)."
+        ),
+    ] = None,
+    lipsync: Annotated[
+        str | None, typer.Option(help="The lip generator (l2s train-lipsync) for --speech-dir.")
     ] = None,
     workers: Annotated[int, typer.Option(help="Model workers (0: one per GPU, else per CPU).")] = 0,
     retry_failed: Annotated[
@@ -424,7 +437,8 @@ def dub(
     vocoder: Vocoder = None,
 ) -> None:
     """Give speech to every video under SRC not yet dubbed into DST, on Ray (rerun to resume):
-    the video stream copied, the speech as its audio track, a JSON sidecar beside each."""
+    the video stream copied, the speech as its audio track, a JSON sidecar beside each. With
+    --speech-dir and --lipsync: each video's own speech file instead, and its lips re-drawn."""
     from l2s.dub import DubConfig, run_dub
     from l2s.infer import SpeakError
 
@@ -433,6 +447,8 @@ def dub(
             checkpoint=checkpoint,
             speaker=speaker,
             reference_audio=reference_audio,
+            speech_dir=speech_dir,
+            lipsync=lipsync,
             workers=workers or None,
             retry_failed=retry_failed,
             vocoder=vocoder,
@@ -457,8 +473,13 @@ def serve(
     max_upload_mb: Annotated[float, typer.Option(help="Largest upload accepted.")] = 100.0,
     max_seconds: Annotated[float, typer.Option(help="Longest video accepted.")] = 60.0,
     vocoder: Vocoder = None,
+    lipsync: Annotated[
+        str | None,
+        typer.Option(help="A lip generator (l2s train-lipsync): serves POST /v1/lipsync."),
+    ] = None,
 ) -> None:
-    """Serve speech over HTTP (Ray Serve): POST /v1/speech, /v1/dub; a web page at /; /docs."""
+    """Serve speech over HTTP (Ray Serve): POST /v1/speech, /v1/dub (and /v1/lipsync with
+    --lipsync); a web page at /; /docs."""
     import os
     import signal
     import threading
@@ -475,6 +496,7 @@ def serve(
         max_upload_mb=max_upload_mb,
         max_seconds=max_seconds,
         vocoder=vocoder,
+        lipsync=lipsync,
     )
     url = start(cfg, host, port)
     stop = threading.Event()
@@ -484,6 +506,180 @@ def serve(
     stop.wait()
     console.print("stopping")
     ray_serve.shutdown()
+
+
+@app.command("train-sync")
+def train_sync(
+    datasets: Annotated[
+        list[str], typer.Argument(help="Feature datasets (l2s preprocess), trained on together.")
+    ],
+    out: RunDir = "out/runs/sync",
+    preset: Annotated[str, typer.Option(help="Expert size: tiny or base.")] = "tiny",
+    nodes: Nodes = 1,
+    gpus_per_node: GpusPerNode = 0,
+    workers: Workers = 2,
+    steps: Steps = 3000,
+    time_budget: TimeBudget = None,
+    batch_size: Annotated[
+        int, typer.Option(help="Clips (spans of windows) per worker and step.")
+    ] = 16,
+    max_shift: Annotated[
+        int,
+        typer.Option(help="Shifted negatives: a window's own audio up to this many frames off."),
+    ] = 6,
+    lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 1e-3,
+    val_every: ValEvery = 250,
+    ckpt_every: CkptEvery = 500,
+    local: Annotated[bool, typer.Option(help="In this process, without Ray (one worker).")] = False,
+    seed: Seed = 0,
+) -> None:
+    """Train the audio-visual sync expert (mouth ROI windows ↔ 0.2 s of log-mel, contrastive with
+    shifted and mismatched audio) on Ray Train; rerun to resume. Validation prints how often the
+    offset of shifted val clips is found within a frame."""
+    from l2s.train.sync import SyncTrainConfig
+    from l2s.train.sync import train_sync as run_training
+
+    cfg = SyncTrainConfig(
+        dataset=datasets[0],
+        extra_datasets=tuple(datasets[1:]),
+        out=out,
+        preset=preset,
+        steps=steps,
+        batch_size=batch_size,
+        max_shift=max_shift,
+        lr=lr,
+        warmup_steps=min(100, steps - 1),
+        val_every=val_every,
+        ckpt_every=ckpt_every,
+        nodes=nodes,
+        gpus_per_node=gpus_per_node,
+        workers=workers,
+        time_budget_min=time_budget,
+        seed=seed,
+    )
+    _print_run(
+        run_training(cfg, local=local), ("val/offset_within_1", "val/offset_acc", "val/loss")
+    )
+
+
+SyncCheckpoint = Annotated[
+    str, typer.Option(help="A sync expert (l2s train-sync): a checkpoint or a run directory.")
+]
+
+
+@app.command()
+def sync(
+    video: Annotated[str, typer.Argument(help="A video of a talking face.")],
+    audio: Annotated[
+        str | None, typer.Argument(help="Audio to compare with its lips (default: its own track).")
+    ] = None,
+    checkpoint: SyncCheckpoint = "out/runs/sync",
+    max_offset: Annotated[int, typer.Option(help="Offsets searched, in frames each way.")] = 15,
+) -> None:
+    """How far a clip's audio is off its lips: the best offset in 25 fps frames (positive: the
+    audio comes late), the confidence (LSE-C-like) and distance (LSE-D-like) of the sync expert."""
+    from l2s.sync import SyncError
+    from l2s.sync.clip import clip_sync
+    from l2s.sync.expert import SyncExpert
+
+    try:
+        expert = SyncExpert.load(checkpoint)
+        found = clip_sync(expert, video, audio, max_offset=max_offset)
+    except (SyncError, FileNotFoundError) as e:
+        console.print(f"[red]error:[/] {e}")
+        raise typer.Exit(1) from e
+    score = found.score
+    late = "late" if score.offset > 0 else "early"
+    advice = (
+        "in sync"
+        if score.offset == 0
+        else f"audio {abs(score.offset)} frame(s) ({abs(score.offset) * 40} ms) {late}"
+    )
+    console.print(
+        f"{video}: offset {score.offset:+d} frames ({advice}); confidence {score.confidence:.3f}, "
+        f"distance {score.distance:.3f}; {found.frames} frames, face on {found.face_ratio:.0%}; "
+        f"audio from {found.audio}"
+    )
+
+
+@app.command("train-lipsync")
+def train_lipsync(
+    dataset: Annotated[str, typer.Argument(help="Feature dataset directory (l2s preprocess).")],
+    sync_expert: Annotated[
+        str, typer.Option(help="The frozen sync expert (l2s train-sync): checkpoint or run.")
+    ],
+    out: RunDir = "out/runs/lipsync",
+    init: Annotated[
+        str | None,
+        typer.Option(help="Start from this lip generator (fine-tune it on DATASET's person)."),
+    ] = None,
+    preset: Annotated[str, typer.Option(help="Generator size: tiny or base.")] = "tiny",
+    nodes: Nodes = 1,
+    gpus_per_node: GpusPerNode = 0,
+    workers: Workers = 2,
+    steps: Steps = 3000,
+    time_budget: TimeBudget = None,
+    batch_size: Annotated[int, typer.Option(help="5-frame windows per worker and step.")] = 8,
+    sync_weight: Annotated[float, typer.Option(help="Weight of the sync expert's loss.")] = 0.01,
+    lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 1e-3,
+    val_every: ValEvery = 250,
+    ckpt_every: CkptEvery = 500,
+    local: Annotated[bool, typer.Option(help="In this process, without Ray (one worker).")] = False,
+    seed: Seed = 0,
+) -> None:
+    """Train the lip generator (masked mouth ROI + reference frame + speech → the mouth re-drawn;
+    L1 + the frozen sync expert's loss) on Ray Train; rerun to resume. With --init, fine-tune a
+    trained generator on one person's clips."""
+    from l2s.train.lipsync import LipSyncTrainConfig
+    from l2s.train.lipsync import train_lipsync as run_training
+
+    cfg = LipSyncTrainConfig(
+        dataset=dataset,
+        out=out,
+        sync_expert=sync_expert,
+        init=init,
+        preset=preset,
+        steps=steps,
+        batch_size=batch_size,
+        sync_weight=sync_weight,
+        lr=lr,
+        warmup_steps=min(100, steps - 1),
+        val_every=val_every,
+        ckpt_every=ckpt_every,
+        nodes=nodes,
+        gpus_per_node=gpus_per_node,
+        workers=workers,
+        time_budget_min=time_budget,
+        seed=seed,
+    )
+    _print_run(run_training(cfg, local=local), ("val/l1", "val/sync_conf", "val/sync_conf_cross"))
+
+
+@app.command()
+def lipsync(
+    video: Annotated[str, typer.Argument(help="A video of a talking face.")],
+    speech: Annotated[str, typer.Argument(help="The speech its lips should say (any audio file).")],
+    checkpoint: Annotated[
+        str, typer.Option(help="A lip generator (l2s train-lipsync): a checkpoint or a run.")
+    ] = "out/runs/lipsync",
+    out: Annotated[str, typer.Option(help="The mp4 to write (h264 + AAC).")] = "lipsync.mp4",
+) -> None:
+    """Re-draw a video's mouth to new speech and mux that speech in: the source's resolution and
+    frame rate, h264 yuv420p (plays in browsers), the speech cut or padded to the video."""
+    from l2s.lipsync import LipSyncError
+    from l2s.lipsync.model import LipSyncModel
+    from l2s.lipsync.video import lipsync as run_lipsync
+
+    try:
+        done = run_lipsync(video, speech, out, LipSyncModel.load(checkpoint))
+    except (LipSyncError, FileNotFoundError) as e:
+        console.print(f"[red]error:[/] {e}")
+        raise typer.Exit(1) from e
+    console.print(
+        f"wrote {done.out}: {done.frames} frames at {done.fps:.3g} fps ({done.seconds:.2f} s, "
+        f"{done.size[0]}×{done.size[1]}); face on {done.face_ratio:.0%} of frames; "
+        f"{done.compute_seconds:.1f} s"
+    )
 
 
 def _print_run(summary, shown: tuple[str, ...]) -> None:

@@ -1,6 +1,14 @@
-"""`l2s dub`: every new video under a prefix → the same video with generated speech as its audio.
+"""`l2s dub`: every new video under a prefix → the same video with generated speech as its audio,
+or re-voiced with given speech and its lips re-drawn to match.
 
     l2s dub s3://media/silent s3://media/dubbed --checkpoint s3://models/runs/base
+    l2s dub s3://media/en s3://media/fr --speech-dir s3://media/fr-speech --lipsync s3://models/lips
+
+With `--speech-dir S` (and a lip generator, `--lipsync`), each video is re-voiced with the speech
+file of the same relative name under S (`a/b.mp4` ← `S/a/b.wav`, or .flac .mp3 .m4a .ogg .aac
+.mp4), and its mouth re-drawn to that speech (`l2s.lipsync.video`: the video is re-encoded, h264
+at the source's size and rate). A video without its speech file fails at stage `speech` and is
+tried again by the next run (the file may come later).
 
 For each video under SRC (.mp4 .mov .mkv .avi .webm; local or s3://) that the ledger does not
 list as finished: speak for it (`l2s.infer.speak`, the model loaded once per worker), mux the speech in
@@ -59,12 +67,17 @@ from l2s.infer.model import SpeechModel
 from l2s.infer.speak import speak_with
 from l2s.infer.vocoder import load_vocoder
 from l2s.infer.voice import voice
+from l2s.lipsync import LipSyncError
+from l2s.lipsync.model import LipSyncModel
+from l2s.lipsync.video import lipsync
 from l2s.video import VideoError, VideoInfo, mux_audio, probe
 
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".avi", ".webm")
+SPEECH_SUFFIXES = (".wav", ".flac", ".mp3", ".m4a", ".ogg", ".aac", ".mp4")
 LEDGER = "_ledger"
-# Stages whose failures have passing causes: the next run tries these videos again.
-RETRIED_STAGES = ("read", "write", "internal")
+# Stages whose failures have passing causes: the next run tries these videos again (a speech
+# file missing from --speech-dir may be uploaded later).
+RETRIED_STAGES = ("read", "write", "internal", "speech")
 SCORE_KEYS = ("stoi", "estoi", "pesq_wb", "pesq_nb", "mcd", "duration_s")
 
 
@@ -99,7 +112,7 @@ class LedgerRecord:
 
     source: str  # path below SRC
     status: str  # "done" or "failed"
-    stage: str = ""  # where it failed: read, decode, speak, mux, write, internal
+    stage: str = ""  # where it failed: read, speech, decode, speak, lipsync, mux, write, internal
     reason: str = ""
     retry: bool = False  # a passing cause: the next run tries again
     output: str = ""  # path of the dubbed mp4 below DST
@@ -116,9 +129,14 @@ class LedgerRecord:
 
 @dataclass(frozen=True, kw_only=True)
 class DubConfig:
-    checkpoint: str  # a checkpoint or a run directory (its latest checkpoint, fixed at the start)
+    # Speech from the lips: a lip-to-speech checkpoint or run (its latest, fixed at the start).
+    checkpoint: str | None = None
     speaker: str | None = None  # a training speaker's voice
     reference_audio: str | None = None  # or the voice of a recording (local or s3://)
+    # Or given speech, lips re-drawn: the speech files (one per video, same relative name) and
+    # the lip generator (l2s train-lipsync) that re-draws the mouths.
+    speech_dir: str | None = None
+    lipsync: str | None = None
     workers: int | None = None  # model actors; None: one per GPU, else one per CPU
     retry_failed: bool = False  # also redo videos that failed for good in earlier runs
     vocoder: str | None = None  # an `l2s.infer.vocoder` spec; None: Griffin-Lim
@@ -129,6 +147,15 @@ class DubConfig:
             raise ValueError("give a speaker or a reference recording, not both")
         if self.workers is not None and self.workers < 1:
             raise ValueError(f"workers must be >= 1, got {self.workers}")
+        if (self.speech_dir is None) != (self.lipsync is None):
+            raise ValueError("--speech-dir and --lipsync go together (speech given, lips re-drawn)")
+        if (self.checkpoint is None) == (self.speech_dir is None):
+            raise ValueError(
+                "give a lip-to-speech checkpoint (speech from the lips) or --speech-dir with "
+                "--lipsync (given speech, lips re-drawn), not both or neither"
+            )
+        if self.speech_dir is not None and (self.speaker or self.reference_audio or self.vocoder):
+            raise ValueError("--speaker, --reference-audio and --vocoder need a checkpoint")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -137,13 +164,14 @@ class DubPlan:
     same checkpoint and voice, even if training writes a newer checkpoint meanwhile."""
 
     dst: str
-    checkpoint: str
+    checkpoint: str  # the lip-to-speech model, or the lip generator when `speech` is given
     voice_D: np.ndarray | None
     voice: str
     model: dict  # checkpoint, step, preset, model and training configs: for the sidecars
     features: FeatureConfig
     run: str
     vocoder: str  # the vocoder's own name: a HiFi-GAN run resolved to its checkpoint now
+    speech: dict[str, str] | None = None  # video path without suffix → its speech file's URI
 
 
 @dataclass
@@ -192,6 +220,20 @@ def find_videos(src: str, dst: str) -> tuple[list[SourceVideo], list[str]]:
             if v is not keep
         ]
     return videos, conflicts
+
+
+def speech_files(speech_dir: str) -> dict[str, str]:
+    """The speech files under `speech_dir`, by their path below it without the suffix (a .wav
+    wins over other suffixes of the same name, then the first in sorted order)."""
+    root = storage.normalize(speech_dir)
+    if not storage.exists(root):
+        raise FileNotFoundError(f"{root}: no such speech folder or prefix")
+    found: dict[str, str] = {}
+    for uri in sorted(storage.list_files(root, SPEECH_SUFFIXES)):
+        stem, suffix = posixpath.splitext(uri[len(root) + 1 :])
+        if stem not in found or suffix == ".wav":
+            found[stem] = uri
+    return found
 
 
 def read_ledger(dst: str) -> tuple[dict[str, float | None], dict[str, LedgerRecord]]:
@@ -269,11 +311,11 @@ def _failed(plan: DubPlan, video: SourceVideo, stage: str, reason: str) -> Ledge
     )
 
 
-def _fetch(uri: str, folder: str) -> str:
+def _fetch(uri: str, folder: str, name: str = "source") -> str:
     """A local path to read `uri` from: the file itself, or a copy in `folder` (PyAV reads files)."""
     if storage.is_local(uri):
         return uri
-    local = os.path.join(folder, "source" + posixpath.splitext(uri)[1])
+    local = os.path.join(folder, name + posixpath.splitext(uri)[1])
     fs, path = storage.filesystem(uri)
     fs.get_file(path, local)
     return local
@@ -363,6 +405,70 @@ def dub_video(model: SpeechModel, plan: DubPlan, video: SourceVideo) -> LedgerRe
     return record
 
 
+def lipsync_video(model: LipSyncModel, plan: DubPlan, video: SourceVideo) -> LedgerRecord:
+    """One source video and its speech file → the video re-voiced with its lips re-drawn, its
+    sidecar and ledger record (the record written last), as `dub_video` does for speech."""
+    start = time.perf_counter()
+    out = storage.join(plan.dst, video.output)
+    stem = posixpath.splitext(video.relative)[0]
+    stage = "read"
+    with tempfile.TemporaryDirectory(prefix="l2s-dub-") as work:
+        source = video.uri
+        try:
+            source = _fetch(video.uri, work)
+            stage = "speech"
+            speech_uri = (plan.speech or {}).get(stem)
+            if speech_uri is None:
+                raise LipSyncError(
+                    f"no speech file {stem}{{{','.join(SPEECH_SUFFIXES)}}} under {plan.voice}"
+                )
+            speech = _fetch(speech_uri, work, "speech")
+            stage = "decode"
+            info = probe(source)
+            stage = "lipsync"
+            local_out = os.path.join(work, "out.mp4")
+            done = lipsync(source, speech, local_out, model, plan.features)
+            stage = "write"
+            with open(local_out, "rb") as f:
+                storage.write_bytes(out, f.read())
+            record = LedgerRecord(
+                source=video.relative,
+                status="done",
+                output=video.output,
+                seconds=info.duration,
+                compute_seconds=round(time.perf_counter() - start, 3),
+                finished_at=_now(),
+                run=plan.run,
+                source_modified=video.modified,
+            )
+            sidecar = {
+                "source": video.uri,
+                "output": out,
+                "speech": speech_uri,
+                "l2s_version": __version__,
+                "lip_generator": plan.model,
+                "durations": {"video_s": info.duration, "output_s": done.seconds},
+                "source_video": asdict(info),
+                "video_stream": f"re-encoded (h264, {done.fps:.3g} fps, lips re-drawn)",
+                "face_ratio": round(done.face_ratio, 4),
+                "compute_seconds": record.compute_seconds,
+                "finished_at": record.finished_at,
+                "run": plan.run,
+            }
+            storage.write_bytes(
+                storage.join(plan.dst, video.sidecar), json.dumps(sidecar, indent=2).encode()
+            )
+        except (VideoError, LipSyncError) as e:
+            reason = str(e).replace(source, video.uri)
+            record = _failed(plan, video, stage if stage != "read" else "decode", reason)
+        except OSError as e:
+            record = _failed(
+                plan, video, "read" if stage in ("read", "speech") else "write", str(e)
+            )
+    write_record(plan.dst, video, record)
+    return record
+
+
 class Dubber:
     """A worker: the model loaded once (on its GPU when it has one), then one video per call."""
 
@@ -370,18 +476,42 @@ class Dubber:
         import torch
 
         self.plan = plan
-        self.model = SpeechModel.load(
-            plan.checkpoint, "cuda" if torch.cuda.is_available() else "cpu"
-        )
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        if plan.speech is None:
+            self.model = SpeechModel.load(plan.checkpoint, device)
+        else:
+            self.lips = LipSyncModel.load(plan.checkpoint, device)
 
     def dub(self, video: SourceVideo) -> LedgerRecord:
-        return dub_video(self.model, self.plan, video)
+        if self.plan.speech is None:
+            return dub_video(self.model, self.plan, video)
+        return lipsync_video(self.lips, self.plan, video)
 
 
 def make_plan(dst: str, cfg: DubConfig) -> DubPlan:
     """Fix the checkpoint (a run directory's latest, now) and the voice, once for the whole run."""
     from l2s.infer.checkpoint import read_config
 
+    run = f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{socket.gethostname()}-{os.getpid()}"
+    if cfg.speech_dir is not None:
+        lips = LipSyncModel.load(cfg.lipsync)
+        config = read_config(lips.checkpoint)
+        return DubPlan(
+            dst=storage.normalize(dst),
+            checkpoint=lips.checkpoint,
+            voice_D=None,
+            voice=storage.normalize(cfg.speech_dir),
+            model={
+                "checkpoint": lips.checkpoint,
+                "step": config["progress"]["step"],
+                "model_config": config["model_config"],
+                "train_config": config["train_config"],
+            },
+            features=cfg.features,
+            run=run,
+            vocoder="",
+            speech=speech_files(cfg.speech_dir),
+        )
     speech_model = SpeechModel.load(cfg.checkpoint)
     reference = cfg.reference_audio
     with tempfile.TemporaryDirectory(prefix="l2s-voice-") as work:
@@ -397,7 +527,6 @@ def make_plan(dst: str, cfg: DubConfig) -> DubPlan:
         "model_config": config["model_config"],
         "train_config": config["train_config"],
     }
-    run = f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{socket.gethostname()}-{os.getpid()}"
     return DubPlan(
         dst=storage.normalize(dst),
         checkpoint=speech_model.checkpoint,

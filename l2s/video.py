@@ -168,40 +168,88 @@ def read_frames(
 def write_video(
     path: str | Path,
     frames_THWC: np.ndarray,
-    fps: int = VIDEO.fps,
+    fps: int | Fraction = VIDEO.fps,
     audio_S: np.ndarray | None = None,
     sample_rate: int = AUDIO.sample_rate,
     crf: int = 20,
 ) -> None:
-    """Write an h264 (yuv420p) mp4, with an AAC mono track when `audio_S` is given.
+    """Write an h264 (yuv420p) mp4, with an AAC mono track when `audio_S` is given (`VideoWriter`)."""
+    height, width = frames_THWC.shape[1:3]
+    with VideoWriter(path, width, height, fps, audio_S, sample_rate, crf) as writer:
+        for image in frames_THWC:
+            writer.write(image)
+
+
+class VideoWriter:
+    """An h264 (yuv420p) mp4 written a frame at a time, with an AAC mono track when `audio_S` is
+    given: a long video never sits in memory whole. A side of odd length is padded by one
+    repeated row or column (yuv420p needs even sides).
 
     Bit-exact flags make the same input give the same bytes (the synthetic corpus relies on it).
     Written to a temporary name first, so a complete file or none stands at `path`.
+
+        with VideoWriter("out.mp4", width, height, fps, audio_S) as writer:
+            for frame_HWC in frames: writer.write(frame_HWC)
     """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.partial")
-    height, width = frames_THWC.shape[1:3]
-    with av.open(str(tmp), mode="w", format="mp4", options={"fflags": "+bitexact"}) as out:
-        video = out.add_stream("libx264", rate=fps)
-        video.width, video.height, video.pix_fmt = width, height, "yuv420p"
-        video.options = {"crf": str(crf), "preset": "veryfast", "threads": "1"}
-        video.codec_context.flags |= av.codec.context.Flags.bitexact
-        audio = None
+
+    def __init__(
+        self,
+        path: str | Path,
+        width: int,
+        height: int,
+        fps: int | Fraction = VIDEO.fps,
+        audio_S: np.ndarray | None = None,
+        sample_rate: int = AUDIO.sample_rate,
+        crf: int = 20,
+    ) -> None:
+        self.path = Path(path)
+        self.tmp = self.path.with_name(f".{self.path.name}.partial")
+        self.size = (width, height)
+        self.pad = ((0, height % 2), (0, width % 2), (0, 0))
+        self.audio_S = audio_S
+        self.sample_rate = sample_rate
+        self.out = av.open(str(self.tmp), mode="w", format="mp4", options={"fflags": "+bitexact"})
+        self.video = self.out.add_stream("libx264", rate=fps)
+        self.video.width, self.video.height = width + width % 2, height + height % 2
+        self.video.pix_fmt = "yuv420p"
+        self.video.options = {"crf": str(crf), "preset": "veryfast", "threads": "1"}
+        self.video.codec_context.flags |= av.codec.context.Flags.bitexact
+        self.audio = None
         if audio_S is not None:
-            audio = out.add_stream("aac", rate=sample_rate, layout="mono")
-            audio.codec_context.flags |= av.codec.context.Flags.bitexact
-        for image in frames_THWC:
-            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
-            out.mux(video.encode(frame))
-        out.mux(video.encode(None))
-        if audio is not None:
-            samples = np.clip(np.asarray(audio_S, dtype=np.float32), -1, 1)[None, :]
+            self.audio = self.out.add_stream("aac", rate=sample_rate, layout="mono")
+            self.audio.codec_context.flags |= av.codec.context.Flags.bitexact
+
+    def write(self, frame_HWC: np.ndarray) -> None:
+        if frame_HWC.shape[1::-1] != self.size:
+            raise ValueError(f"frame of {frame_HWC.shape[1::-1]}, the video is {self.size}")
+        if any(after for _, after in self.pad):
+            frame_HWC = np.pad(frame_HWC, self.pad, mode="edge")
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame_HWC), format="rgb24")
+        self.out.mux(self.video.encode(frame))
+
+    def __enter__(self) -> VideoWriter:
+        return self
+
+    def __exit__(self, error_type, *_) -> None:
+        try:
+            if error_type is None:
+                self._finish()
+        finally:
+            self.out.close()
+        if error_type is None:
+            os.replace(self.tmp, self.path)
+        else:
+            self.tmp.unlink(missing_ok=True)
+
+    def _finish(self) -> None:
+        self.out.mux(self.video.encode(None))
+        if self.audio is not None:
+            samples = np.clip(np.asarray(self.audio_S, dtype=np.float32), -1, 1)[None, :]
             frame = av.AudioFrame.from_ndarray(samples, format="flt", layout="mono")
-            frame.sample_rate = sample_rate
+            frame.sample_rate = self.sample_rate
             frame.pts = 0
-            out.mux(audio.encode(frame))
-            out.mux(audio.encode(None))
-    os.replace(tmp, path)
+            self.out.mux(self.audio.encode(frame))
+            self.out.mux(self.audio.encode(None))
 
 
 # Dubbed tracks are AAC at 48 kHz, the rate of video production; AAC's frame of 1024 samples is

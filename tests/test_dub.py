@@ -359,3 +359,56 @@ def test_dub_between_buckets_on_an_s3_server(
     assert read_ledger(dst)[1] == {}  # the failure record went with the success
     settled = dub(src, dst, DubConfig(checkpoint=checkpoint))
     assert (settled.changed, settled.done, settled.skipped_done) == (0, 0, 3)
+
+
+def test_dub_with_given_speech_redraws_the_lips_and_waits_for_missing_speech(
+    ray_local, real_speech: Path, tmp_path: Path
+) -> None:
+    import torch
+    from conftest import GRID_S1
+
+    from l2s.infer.checkpoint import LIPSYNC_FILE
+    from l2s.models.lipgen import LipGenConfig, LipGenerator
+
+    clips = sorted((GRID_S1 / "s1").glob("*.mp4"))[:2]
+    if len(clips) < 2:
+        pytest.skip(f"GRID s1 clips not found under {GRID_S1}")
+    src, speech_dir = tmp_path / "src", tmp_path / "speech"
+    (src / "take").mkdir(parents=True)
+    (speech_dir / "take").mkdir(parents=True)
+    shutil.copy(clips[0], src / "take" / "one.mp4")
+    shutil.copy(clips[1], src / "two.mp4")
+    shutil.copy(real_speech, speech_dir / "take" / "one.wav")
+    generator = tmp_path / "lips" / "checkpoint_00000000"
+    generator.mkdir(parents=True)
+    cfg = LipGenConfig(width=4, audio_width=4)
+    state = LipGenerator(cfg).state_dict()
+    torch.save({"model": state, "model_config": cfg.to_dict()}, generator / LIPSYNC_FILE)
+    (generator / "config.json").write_text(
+        json.dumps({"progress": {"step": 0}, "model_config": cfg.to_dict(), "train_config": {}})
+    )
+    dst = tmp_path / "dubbed"
+    given = DubConfig(speech_dir=str(speech_dir), lipsync=str(generator.parent))
+    summary = dub(str(src), str(dst), given)
+    assert summary.done == 1 and [(r.source, r.stage, r.retry) for r in summary.failed] == [
+        ("two.mp4", "speech", True)
+    ]
+    assert "two{.wav" in summary.failed[0].reason
+    out = dst / "take" / "one.mp4"
+    with av.open(str(out)) as container:
+        video, audio = container.streams.video[0], container.streams.audio[0]
+        assert video.codec_context.name == "h264" and video.codec_context.pix_fmt == "yuv420p"
+        assert (
+            abs(float(video.duration * video.time_base) - float(audio.duration * audio.time_base))
+            < 0.05
+        )
+    sidecar = json.loads((dst / "take" / "one.json").read_text())
+    assert sidecar["speech"].endswith("take/one.wav") and "lips re-drawn" in sidecar["video_stream"]
+    # The speech arrives later: the next run does that video, and only it.
+    shutil.copy(real_speech, speech_dir / "two.wav")
+    again = dub(str(src), str(dst), given)
+    assert (again.done, again.failed, again.skipped_done) == (1, [], 1)
+    with pytest.raises(ValueError, match="go together"):
+        DubConfig(speech_dir=str(speech_dir))
+    with pytest.raises(ValueError, match="not both"):
+        DubConfig(checkpoint="x", speech_dir=str(speech_dir), lipsync="y")

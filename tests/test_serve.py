@@ -65,7 +65,24 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def server(checkpoint: str, ray_local) -> Iterator[str]:
+def lip_generator(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A run holding an untrained tiny lip generator: where its output goes is judged, not how
+    it looks."""
+    import torch
+
+    from l2s.infer.checkpoint import LIPSYNC_FILE
+    from l2s.models.lipgen import LipGenConfig, LipGenerator
+
+    folder = tmp_path_factory.mktemp("lips") / "checkpoint_00000000"
+    folder.mkdir()
+    cfg = LipGenConfig(width=4, audio_width=4)
+    state = LipGenerator(cfg).state_dict()
+    torch.save({"model": state, "model_config": cfg.to_dict()}, folder / LIPSYNC_FILE)
+    return str(folder.parent)
+
+
+@pytest.fixture(scope="module")
+def server(checkpoint: str, lip_generator: str, ray_local) -> Iterator[str]:
     """The app on a free port of 127.0.0.1, shut down after the module (it holds Ray CPUs)."""
     from ray import serve
 
@@ -73,16 +90,19 @@ def server(checkpoint: str, ray_local) -> Iterator[str]:
 
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    serve.run(app_for(ServeConfig(checkpoint=checkpoint, **CFG)), name="l2s", route_prefix="/")
+    cfg = ServeConfig(checkpoint=checkpoint, lipsync=lip_generator, lipsync_cpus=0.3, **CFG)
+    serve.run(app_for(cfg), name="l2s", route_prefix="/")
     yield f"http://127.0.0.1:{port}"
     serve.shutdown()
 
 
-def post(url: str, path: Path, route: str = "speech", **fields: str) -> requests.Response:
-    with open(path, "rb") as f:
-        return requests.post(
-            f"{url}/v1/{route}", files={"video": (path.name, f)}, data=fields, timeout=120
-        )
+def post(
+    url: str, path: Path, route: str = "speech", speech: Path | None = None, **fields: str
+) -> requests.Response:
+    files = {"video": (path.name, path.read_bytes())}
+    if speech is not None:
+        files["speech"] = (speech.name, speech.read_bytes())
+    return requests.post(f"{url}/v1/{route}", files=files, data=fields, timeout=300)
 
 
 def frames_at_25(path: Path) -> int:
@@ -98,9 +118,9 @@ def wav_of(response: requests.Response) -> tuple[np.ndarray, int]:
 
 def test_health_docs_and_page(server: str) -> None:
     health = requests.get(f"{server}/healthz", timeout=10).json()
-    assert health["status"] == "ok" and health["checkpoint"]
+    assert health["status"] == "ok" and health["checkpoint"] and health["lipsync"]
     spec = requests.get(f"{server}/openapi.json", timeout=10).json()
-    assert {"/v1/speech", "/v1/dub", "/healthz"} <= set(spec["paths"])
+    assert {"/v1/speech", "/v1/dub", "/v1/lipsync", "/healthz"} <= set(spec["paths"])
     speech_spec = spec["paths"]["/v1/speech"]["post"]
     assert "audio/wav" in speech_spec["responses"]["200"]["content"]
     assert {"413", "415", "422"} <= set(speech_spec["responses"])
@@ -366,17 +386,20 @@ def bad_uploads(tmp_path_factory: pytest.TempPathFactory, real_clips: list[Path]
             422,
             r"resolution 1280×720 is over the limit of 1000 px on the long side",
         ),
-        "too_big": (413, r"upload is 1\.9 MiB; the limit is 1\.5 MiB"),
+        # 1.9 MiB; 2.0 with /v1/lipsync's speech file (0.1 MiB) in the same body.
+        "too_big": (413, r"upload is (1\.9|2\.0) MiB; the limit is 1\.5 MiB"),
         "empty": (422, r"empty\.mp4: upload is empty \(0 bytes\)"),
     }
     return {name: (paths[name], *expected[name]) for name in expected}
 
 
-def test_every_bad_upload_gets_its_4xx_and_reason(server: str, bad_uploads: dict) -> None:
+def test_every_bad_upload_gets_its_4xx_and_reason(
+    server: str, bad_uploads: dict, real_speech: Path
+) -> None:
     failures = []
     for name, (path, status, reason) in bad_uploads.items():
-        for route in ("speech", "dub"):
-            response = post(server, path, route)
+        for route in ("speech", "dub", "lipsync"):
+            response = post(server, path, route, real_speech if route == "lipsync" else None)
             detail = (
                 response.json().get("detail")
                 if response.headers.get("content-type", "").startswith("application/json")
@@ -385,6 +408,34 @@ def test_every_bad_upload_gets_its_4xx_and_reason(server: str, bad_uploads: dict
             if response.status_code != status or not re.search(reason, str(detail)):
                 failures.append(f"{name} /v1/{route}: {response.status_code} {detail!r}")
     assert not failures, "\n".join(failures)
+
+
+def test_lipsync_redraws_a_real_clip_to_other_speech(
+    server: str, real_clips: list[Path], real_speech: Path, tmp_path: Path
+) -> None:
+    clip = real_clips[2]
+    response = post(server, clip, "lipsync", real_speech)
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "video/mp4"
+    out = tmp_path / "lipsync.mp4"
+    out.write_bytes(response.content)
+    with av.open(str(out)) as container:
+        (video,), (audio,) = container.streams.video, container.streams.audio
+        assert video.codec_context.name == "h264" and video.codec_context.pix_fmt == "yuv420p"
+        seconds = [float(s.duration * s.time_base) for s in (video, audio)]
+        size = (video.codec_context.width, video.codec_context.height)
+    assert abs(seconds[0] - seconds[1]) <= 0.05, seconds
+    with av.open(str(clip)) as source:
+        assert size == (source.streams.video[0].width, source.streams.video[0].height)
+    # The speech upload is judged too: not audio (415), empty (422), missing (422 from FastAPI).
+    noise = tmp_path / "noise.wav"
+    noise.write_bytes(np.random.default_rng(0).bytes(5000))
+    bad = post(server, clip, "lipsync", noise)
+    assert bad.status_code == 415 and "noise.wav" in bad.json()["detail"], bad.text
+    empty = tmp_path / "empty.wav"
+    empty.write_bytes(b"")
+    assert post(server, clip, "lipsync", empty).status_code == 422
+    assert post(server, clip, "lipsync").status_code == 422
 
 
 def test_a_file_name_with_a_nul_byte_is_refused(server: str, synth_corpus: Path) -> None:

@@ -5,6 +5,7 @@ A checkpoint is a directory `checkpoint_<step>` in a run directory (Ray Train wr
   model.pt         plain `Lip2Speech` fp32 state dict + the exact TrainConfig / ModelConfig, the
                    speaker table, the dataset's metadata, the training progress (nanoGPT's dict)
   vocoder.pt       a HiFi-GAN run's checkpoints hold this instead (`l2s.train.tasks.vocoder`)
+  sync.pt          a sync expert's (`l2s.sync`), lipsync.pt a lip generator's (`l2s.lipsync`)
   config.json      the same configs, progress and metrics as JSON, for people and tools
 """
 
@@ -23,9 +24,9 @@ from l2s.infer.speakers import SpeakerTable
 from l2s.models.lip2speech import Lip2Speech, ModelConfig
 
 MODEL_FILE = "model.pt"
-VOCODER_FILE = (
-    "vocoder.pt"  # a HiFi-GAN run's checkpoints hold this instead (train/tasks/vocoder.py)
-)
+VOCODER_FILE = "vocoder.pt"  # a HiFi-GAN run's checkpoints hold this instead (tasks/vocoder.py)
+SYNC_FILE = "sync.pt"  # a sync expert's (tasks/sync.py)
+LIPSYNC_FILE = "lipsync.pt"  # a lip generator's (tasks/lipsync.py)
 CONFIG_FILE = "config.json"
 PREFIX = "checkpoint_"
 RAY_RECORD_FILE = "checkpoint_manager_snapshot.json"  # Ray Train V2's record of a run's checkpoints

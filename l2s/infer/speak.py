@@ -25,7 +25,7 @@ import numpy as np
 
 from l2s.audio import write_wav
 from l2s.config import AUDIO, VIDEO
-from l2s.face import FaceError, crop_mouth, detect_landmarks, load_detector
+from l2s.face import FaceError, crop_mouth, detect_landmarks, load_detector, mouth_transforms
 from l2s.features import FeatureConfig
 from l2s.infer import SpeakError
 from l2s.infer.model import SpeechModel
@@ -52,12 +52,14 @@ class Spoken:
         return self.compute_seconds / max(self.seconds, 1e-9)
 
 
-def _frame_chunks(video: str | BinaryIO, max_side: int) -> Iterator[np.ndarray]:
-    """Downscaled 25 fps frames in chunks of TRACK_CHUNK + TRACK_OVERLAP; every chunk after the
+def _frame_chunks(
+    video: str | BinaryIO, max_side: int, fps: float = VIDEO.fps
+) -> Iterator[np.ndarray]:
+    """Downscaled frames at `fps` in chunks of TRACK_CHUNK + TRACK_OVERLAP; every chunk after the
     first starts with the last TRACK_OVERLAP frames of the one before."""
     buffer: list[np.ndarray] = []
     carried = 0
-    for frame_HWC in iter_frames(video, fps=VIDEO.fps, max_side=max_side):
+    for frame_HWC in iter_frames(video, fps=fps, max_side=max_side):
         buffer.append(frame_HWC)
         if len(buffer) == TRACK_CHUNK + TRACK_OVERLAP:
             yield np.stack(buffer)
@@ -66,10 +68,24 @@ def _frame_chunks(video: str | BinaryIO, max_side: int) -> Iterator[np.ndarray]:
         yield np.stack(buffer)
 
 
-def mouth_rois(
-    video: str | BinaryIO, cfg: FeatureConfig, max_seconds: float | None = None
-) -> tuple[np.ndarray, float]:
-    """96×96 mouth ROIs of every 25 fps frame, and the fraction of frames with a detected face.
+@dataclass(frozen=True)
+class MouthTrack:
+    """A video's mouth, frame by frame: the ROIs and the alignment that cut them."""
+
+    roi_THW: np.ndarray  # uint8 96×96; the mean grey where no face was found
+    transform_T23: np.ndarray  # decoded-frame pixels → ROI pixels (NaN where no face was found)
+    face_T: np.ndarray  # bool: the frame lies in a stretch where the face was tracked
+    face_ratio: float  # fraction of frames where the detector itself found the face
+    frame_size: tuple[int, int]  # (width, height) of the decoded (downscaled) frames
+
+
+def track_mouth(
+    video: str | BinaryIO,
+    cfg: FeatureConfig,
+    max_seconds: float | None = None,
+    fps: float = VIDEO.fps,
+) -> MouthTrack:
+    """The mouth of every frame at `fps` (25: what the models take), tracked in chunks.
 
     A chunk without any face gets the mean grey (the model's "nothing seen" input) and counts as
     faceless; a video without a face anywhere is an error. `max_seconds` bounds what is decoded
@@ -77,30 +93,51 @@ def mouth_rois(
     """
     name = getattr(video, "name", video)
     detector = load_detector(cfg.face)
-    rois: list[np.ndarray] = []
+    rois, transforms, faces_T = [], [], []
     faces = 0.0
     n_frames = 0
     first = True
-    for chunk_THWC in _frame_chunks(video, cfg.max_side):
+    frame_size = (0, 0)
+    for chunk_THWC in _frame_chunks(video, cfg.max_side, fps):
+        frame_size = (chunk_THWC.shape[2], chunk_THWC.shape[1])
         keep = slice(0, None) if first else slice(TRACK_OVERLAP, None)
         n_new = len(chunk_THWC) - (0 if first else TRACK_OVERLAP)
         n_frames += n_new
-        if max_seconds is not None and n_frames > max_seconds * VIDEO.fps + 1:
+        if max_seconds is not None and n_frames > max_seconds * fps + 1:
             raise SpeakError(f"{name}: video runs past the limit of {max_seconds:g} s")
         try:
             track = detect_landmarks(chunk_THWC, cfg.face, detector)
-            roi_THW = crop_mouth(chunk_THWC, track.landmarks_TK2, VIDEO.roi_size)[keep]
+            transform_T23 = mouth_transforms(track.landmarks_TK2, VIDEO.roi_size)
+            roi_THW = crop_mouth(chunk_THWC, track.landmarks_TK2, VIDEO.roi_size, transform_T23)
+            rois.append(roi_THW[keep])
+            transforms.append(transform_T23[keep])
+            faces_T.append(np.ones(n_new, bool))
             faces += track.face_ratio * n_new
         except FaceError:
-            roi_THW = np.full((n_new, VIDEO.roi_size, VIDEO.roi_size), 128, np.uint8)
-        rois.append(roi_THW)
+            rois.append(np.full((n_new, VIDEO.roi_size, VIDEO.roi_size), 128, np.uint8))
+            transforms.append(np.full((n_new, 2, 3), np.nan))
+            faces_T.append(np.zeros(n_new, bool))
         first = False
     if not rois:
         raise SpeakError(f"{name}: no video frames")
-    roi_THW = np.concatenate(rois)
     if faces == 0:
         raise SpeakError(f"{name}: no face found in any frame")
-    return roi_THW, faces / len(roi_THW)
+    return MouthTrack(
+        roi_THW=np.concatenate(rois),
+        transform_T23=np.concatenate(transforms),
+        face_T=np.concatenate(faces_T),
+        face_ratio=faces / n_frames,
+        frame_size=frame_size,
+    )
+
+
+def mouth_rois(
+    video: str | BinaryIO, cfg: FeatureConfig, max_seconds: float | None = None
+) -> tuple[np.ndarray, float]:
+    """96×96 mouth ROIs of every 25 fps frame, and the fraction of frames with a detected face
+    (`track_mouth`)."""
+    track = track_mouth(video, cfg, max_seconds)
+    return track.roi_THW, track.face_ratio
 
 
 def speak(

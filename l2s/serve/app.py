@@ -9,12 +9,15 @@ Routes (FastAPI; OpenAPI at /docs and /openapi.json):
     GET  /healthz     {"status": "ok", ...}
     POST /v1/speech   multipart `video` (+ optional `speaker`) → audio/wav, 16 kHz mono
     POST /v1/dub      the same → video/mp4: the video stream copied, the speech as its audio
+    POST /v1/lipsync  multipart `video` + `speech` → video/mp4: the lips re-drawn to the speech,
+                      which is its audio (only when the server has a lip generator; else 404)
 
 Bad input never gives a 500: 400 for a body that is not a multipart form, 413 for an upload
 over the size limit, 415 for a file that is not a video FFmpeg can read (corrupt, truncated, audio
 only, an unknown codec), 422 for a form without a usable `video` (none, empty, a NUL byte in its
 name) or a video that cannot be spoken (too long, too large a frame, no face, decoding fails
-midway), each with `{"detail": reason}`.
+midway), each with `{"detail": reason}`. /v1/lipsync follows the same rules, its `speech` file
+too (415: not audio FFmpeg can read); the two files together stay within the upload limit.
 
 The ingress does no heavy work itself: it streams the upload to a temporary file
 (l2s/serve/upload.py) and hands its path to the deployments of l2s/serve/deployments.py; for
@@ -47,8 +50,8 @@ from l2s import __version__
 from l2s.audio import wav_bytes
 from l2s.config import AUDIO
 from l2s.serve.config import Rejected, ServeConfig
-from l2s.serve.deployments import Preprocess, Synthesizer
-from l2s.serve.upload import MAX_FIELD_BYTES, Upload, received
+from l2s.serve.deployments import LipSyncer, Preprocess, Synthesizer
+from l2s.serve.upload import MAX_FIELD_BYTES, Upload, received, received_files
 from l2s.video import VideoError, mux_audio
 
 # Multipart framing around the file (boundaries, part headers, the `speaker` field) is allowed
@@ -74,6 +77,30 @@ UPLOAD_FORM = {
                             "maxLength": MAX_FIELD_BYTES,
                             "description": "A speaker the model was trained on "
                             "(default: their average)",
+                        },
+                    },
+                }
+            }
+        },
+    }
+}
+LIPSYNC_FORM = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["video", "speech"],
+                    "properties": {
+                        "video": UPLOAD_FORM["requestBody"]["content"]["multipart/form-data"][
+                            "schema"
+                        ]["properties"]["video"],
+                        "speech": {
+                            "type": "string",
+                            "format": "binary",
+                            "description": "The speech the lips should say (wav, mp3, m4a, or "
+                            "a video's audio)",
                         },
                     },
                 }
@@ -117,7 +144,10 @@ class UploadLimit:
 
 
 def make_api(
-    cfg: ServeConfig, preprocess: DeploymentHandle, synthesizer: DeploymentHandle
+    cfg: ServeConfig,
+    preprocess: DeploymentHandle,
+    synthesizer: DeploymentHandle,
+    lipsyncer: DeploymentHandle | None = None,
 ) -> FastAPI:
     """The FastAPI app of one ingress replica, calling the deployments through their handles."""
     api = FastAPIOffline(
@@ -157,7 +187,12 @@ def make_api(
 
     @api.get("/healthz")
     async def healthz() -> dict[str, Any]:
-        return {"status": "ok", "version": __version__, "checkpoint": cfg.checkpoint}
+        return {
+            "status": "ok",
+            "version": __version__,
+            "checkpoint": cfg.checkpoint,
+            "lipsync": cfg.lipsync,
+        }
 
     @api.post(
         "/v1/speech",
@@ -202,6 +237,37 @@ def make_api(
             background=BackgroundTask(shutil.rmtree, folder),
         )
 
+    @api.post(
+        "/v1/lipsync",
+        response_class=Response,
+        responses={
+            200: {"content": {"video/mp4": {}}, "description": "The video, lips re-drawn"},
+            404: {"description": "This server has no lip generator"},
+            **ERRORS,
+        },
+        openapi_extra=LIPSYNC_FORM,
+    )
+    async def lipsync(request: Request) -> Response:
+        """The video with its lips re-drawn to the speech, which is its only audio track (mp4,
+        h264 yuv420p at the source's size and frame rate; the speech cut or padded to the
+        video). The two files together stay within the upload limit."""
+        if lipsyncer is None:
+            raise HTTPException(404, "this server re-draws no lips: start it with --lipsync RUN")
+        async with received_files(request, cfg.max_upload_bytes, ("video", "speech")) as (
+            uploads,
+            _,
+        ):
+            try:
+                rendered = await lipsyncer.render.remote(uploads["video"], uploads["speech"])
+            except Rejected as e:
+                raise HTTPException(e.status, e.reason) from None
+        stem = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(uploads["video"].name).stem) or "video"
+        return Response(
+            rendered,
+            media_type="video/mp4",
+            headers={"Content-Disposition": f'inline; filename="{stem}.lipsync.mp4"'},
+        )
+
     return api
 
 
@@ -228,14 +294,19 @@ class Api:
     so that the routes can close over this deployment's config and handles."""
 
     def __init__(
-        self, preprocess: DeploymentHandle, synthesizer: DeploymentHandle, cfg: ServeConfig
+        self,
+        preprocess: DeploymentHandle,
+        synthesizer: DeploymentHandle,
+        cfg: ServeConfig,
+        lipsyncer: DeploymentHandle | None = None,
     ) -> None:
         self.preprocess = preprocess
         self.synthesizer = synthesizer
         self.cfg = cfg
+        self.lipsyncer = lipsyncer
 
     def __serve_build_asgi_app__(self) -> FastAPI:
-        return make_api(self.cfg, self.preprocess, self.synthesizer)
+        return make_api(self.cfg, self.preprocess, self.synthesizer, self.lipsyncer)
 
 
 def model_gpus(cfg: ServeConfig) -> float:
@@ -253,7 +324,8 @@ def model_gpus(cfg: ServeConfig) -> float:
 
 
 def app_for(cfg: ServeConfig) -> serve.Application:
-    """The application graph: ingress → Preprocess → Synthesizer, sized by `cfg`."""
+    """The application graph: ingress → Preprocess → Synthesizer (and LipSyncer when a lip
+    generator is configured), sized by `cfg`."""
     from l2s.pipeline.runtime import worker_env
 
     preprocess = Preprocess.options(
@@ -278,7 +350,16 @@ def app_for(cfg: ServeConfig) -> serve.Application:
             **worker_env(),
         },
     ).bind(cfg)
-    return Api.bind(preprocess, synthesizer, cfg)
+    lipsyncer = None
+    if cfg.lipsync:
+        lipsyncer = LipSyncer.options(
+            ray_actor_options={
+                "num_cpus": cfg.lipsync_cpus,
+                "num_gpus": model_gpus(cfg),
+                **worker_env(),
+            }
+        ).bind(cfg)
+    return Api.bind(preprocess, synthesizer, cfg, lipsyncer)
 
 
 def build_app(args: dict[str, Any]) -> serve.Application:

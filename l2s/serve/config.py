@@ -53,6 +53,11 @@ class ServeConfig:
     # The vocoder (an `l2s.infer.vocoder` spec): None is Griffin-Lim; a HiFi-GAN run or checkpoint
     # runs on the model replica's device, its batches in one forward pass.
     vocoder: str | None = None
+    # A lip generator (l2s train-lipsync): POST /v1/lipsync re-draws a video's lips to uploaded
+    # speech. None: that route answers 404. Its replica tracks, re-draws and re-encodes a whole
+    # video per request, so it takes a CPU of its own.
+    lipsync: str | None = None
+    lipsync_cpus: float = 1.0
 
     def __post_init__(self) -> None:
         if not self.checkpoint:
@@ -68,7 +73,7 @@ class ServeConfig:
                 "need 1 <= min_preprocess_replicas <= max_preprocess_replicas, got "
                 f"{self.min_preprocess_replicas} and {self.max_preprocess_replicas}"
             )
-        if self.preprocess_cpus < 0 or self.model_cpus < 0 or (self.model_gpus or 0) < 0:
+        if min(self.preprocess_cpus, self.model_cpus, self.lipsync_cpus, self.model_gpus or 0) < 0:
             raise ValueError("CPU and GPU counts cannot be negative")
 
     @property

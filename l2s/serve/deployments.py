@@ -1,5 +1,6 @@
-"""The two working deployments behind the HTTP ingress: thin Ray Serve wrappers around the same
-per-clip functions `l2s speak` runs (`l2s.infer`), so the endpoint and the CLI speak alike.
+"""The working deployments behind the HTTP ingress: thin Ray Serve wrappers around the same
+per-clip functions `l2s speak` and `l2s lipsync` run (`l2s.infer`, `l2s.lipsync`), so the endpoint
+and the CLI speak alike.
 
     Preprocess   CPU. The uploaded file (its path on disk: l2s/serve/upload.py) → checked
                  against the limits → 96×96 mouth ROIs (decode at 25 fps, dlib face tracking,
@@ -11,6 +12,10 @@ per-clip functions `l2s speak` runs (`l2s.infer`), so the endpoint and the CLI s
                  into one mel per clip → the vocoder, batched the same way
                  (HiFi-GAN in one forward pass; Griffin-Lim gains nothing from a batch on a
                  CPU and runs its clips one by one).
+    LipSyncer    The lip generator (only when one is configured). An uploaded video and speech
+                 → the video with its lips re-drawn to the speech (`l2s.lipsync.video.lipsync`:
+                 tracking at the source's frame rate, re-drawing, pasting, h264 + AAC). One at a
+                 time.
 
 Each replica counts the CPU seconds its stages spend (`stage_cpu`), so that what the server
 spends beyond them, Ray's and HTTP's share, can be measured (benchmarks/serve.py).
@@ -23,11 +28,13 @@ from __future__ import annotations
 
 import asyncio
 import os
+import tempfile
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -118,29 +125,33 @@ class Preprocess:
             return self._rois(local)
 
     def _rois(self, upload: Upload) -> tuple[np.ndarray, float]:
-        cfg = self.cfg
+        check_video(upload, self.cfg)
         try:
             with upload.open() as f:
-                info = probe(f)
-        except VideoError as e:
-            raise Rejected(415, str(e)) from e
-        if info.duration > cfg.max_seconds:
-            raise Rejected(
-                422,
-                f"{upload.name}: video is {info.duration:.1f} s long; the limit is "
-                f"{cfg.max_seconds:g} s",
-            )
-        if max(info.width, info.height) > cfg.max_side:
-            raise Rejected(
-                422,
-                f"{upload.name}: resolution {info.width}×{info.height} is over the limit of "
-                f"{cfg.max_side} px on the long side",
-            )
-        try:
-            with upload.open() as f:
-                return mouth_rois(f, self.features, cfg.max_seconds)
+                return mouth_rois(f, self.features, self.cfg.max_seconds)
         except (SpeakError, VideoError) as e:
             raise Rejected(422, str(e)) from e
+
+
+def check_video(upload: Upload, cfg: ServeConfig) -> None:
+    """Refuse an upload that is no readable video (415) or is over the limits (422)."""
+    try:
+        with upload.open() as f:
+            info = probe(f)
+    except VideoError as e:
+        raise Rejected(415, str(e)) from e
+    if info.duration > cfg.max_seconds:
+        raise Rejected(
+            422,
+            f"{upload.name}: video is {info.duration:.1f} s long; the limit is "
+            f"{cfg.max_seconds:g} s",
+        )
+    if max(info.width, info.height) > cfg.max_side:
+        raise Rejected(
+            422,
+            f"{upload.name}: resolution {info.width}×{info.height} is over the limit of "
+            f"{cfg.max_side} px on the long side",
+        )
 
 
 @serve.deployment(max_ongoing_requests=64)
@@ -199,3 +210,52 @@ class Synthesizer:
     async def vocode(self, mels: list[np.ndarray]) -> list[np.ndarray]:
         self.batches["vocoder"][len(mels)] += 1
         return await asyncio.to_thread(self.clock.thread, "vocoder", self.vocoder.batch, mels)
+
+
+@serve.deployment(max_ongoing_requests=1)
+class LipSyncer:
+    """An uploaded video and speech → mp4 bytes: the video with its lips re-drawn to the speech."""
+
+    def __init__(self, cfg: ServeConfig) -> None:
+        import torch
+
+        from l2s.lipsync.model import LipSyncModel
+
+        self.cfg = cfg
+        self.features = FeatureConfig()
+        self.model = LipSyncModel.load(cfg.lipsync, "cuda" if torch.cuda.is_available() else "cpu")
+        load_detector(self.features.face)
+        self.clock = StageClock()
+
+    def stage_cpu(self) -> tuple[str, dict[str, float]]:
+        return stage_cpu(self.clock)
+
+    def render(self, video: Upload, speech: Upload) -> bytes:
+        with (
+            local_copy(video) as video,
+            local_copy(speech) as speech,
+            self.clock.process("lipsync"),
+        ):
+            return self._render(video, speech)
+
+    def _render(self, video: Upload, speech: Upload) -> bytes:
+        from l2s.audio import AudioError, load_audio
+        from l2s.lipsync import LipSyncError
+        from l2s.lipsync.video import lipsync
+
+        check_video(video, self.cfg)
+        try:
+            with speech.open() as f:
+                load_audio(f)
+        except AudioError as e:
+            raise Rejected(415, str(e)) from e
+        with tempfile.TemporaryDirectory(prefix="l2s-lipsync-") as folder:
+            out = Path(folder) / "out.mp4"
+            try:
+                lipsync(
+                    video.path, speech.path, out, self.model, self.features, self.cfg.max_seconds
+                )
+            except (LipSyncError, VideoError) as e:  # name the uploads, not their files
+                reason = str(e).replace(video.path, video.name).replace(speech.path, speech.name)
+                raise Rejected(422, reason) from e
+            return out.read_bytes()

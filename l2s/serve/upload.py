@@ -58,19 +58,22 @@ def current_node() -> str:
 
 
 class _Form:
-    """python-multipart callbacks: the part named `field` into a file, other parts into `fields`."""
+    """python-multipart callbacks: the parts named in `files` each into a file, other parts into
+    `fields`. `max_bytes` bounds the files together."""
 
-    def __init__(self, field: str, max_bytes: int, folder: str) -> None:
-        self.field = field
+    def __init__(self, files: tuple[str, ...], max_bytes: int, folder: str) -> None:
+        self.files = files
         self.max_bytes = max_bytes
         self.folder = folder
         self.fields: dict[str, str] = {}
-        self.name = ""  # the file's, as the client named it
-        self.path: str | None = None
-        self.size = 0
-        self.pending: list[bytes] = []  # file data parsed but not yet written
+        self.names: dict[str, str] = {}  # part → its file's name, as the client named it
+        self.paths: dict[str, str] = {}
+        self.sizes: dict[str, int] = {}
+        self.size = 0  # of all files together
+        self.pending: list[tuple[BinaryIO, bytes]] = []  # file data parsed but not yet written
         self.pending_bytes = 0
-        self._file: BinaryIO | None = None
+        self._opened: list[BinaryIO] = []
+        self._file: BinaryIO | None = None  # the current part's, when it is one of `files`
         self._header_name = b""
         self._header_value = b""
         self._disposition = b""
@@ -91,6 +94,7 @@ class _Form:
     def on_part_begin(self) -> None:
         self._disposition = b""
         self._part_data = bytearray()
+        self._file = None
 
     def on_header_field(self, data: bytes, start: int, end: int) -> None:
         self._header_name += data[start:end]
@@ -105,22 +109,26 @@ class _Form:
 
     def on_headers_finished(self) -> None:
         _, options = parse_options_header(self._disposition)
-        self._part_name = options.get(b"name", b"").decode("utf-8", "replace")
-        if self._part_name != self.field:
+        part = self._part_name = options.get(b"name", b"").decode("utf-8", "replace")
+        if part not in self.files:
             return
-        if self.path is not None:
-            raise HTTPException(422, f"the form has more than one `{self.field}` file")
+        if part in self.paths:
+            raise HTTPException(422, f"the form has more than one `{part}` file")
         raw_name = options.get(b"filename", b"upload")
-        self.name = raw_name.decode("utf-8", "replace")
+        name = self.names[part] = raw_name.decode("utf-8", "replace")
         if b"\x00" in raw_name:
-            raise HTTPException(422, f"{self.name!r}: a file name cannot hold a NUL byte")
+            raise HTTPException(422, f"{name!r}: a file name cannot hold a NUL byte")
         # The client's extension, as a hint to FFmpeg; the rest of the name stays out of paths.
-        suffix = re.sub(r"[^A-Za-z0-9]", "", Path(self.name).suffix)[:16]
-        fd, self.path = tempfile.mkstemp(prefix="l2s-upload-", suffix=f".{suffix}", dir=self.folder)
+        suffix = re.sub(r"[^A-Za-z0-9]", "", Path(name).suffix)[:16]
+        fd, self.paths[part] = tempfile.mkstemp(
+            prefix="l2s-upload-", suffix=f".{suffix}", dir=self.folder
+        )
+        self.sizes[part] = 0
         self._file = os.fdopen(fd, "wb")
+        self._opened.append(self._file)
 
     def on_part_data(self, data: bytes, start: int, end: int) -> None:
-        if self._part_name != self.field:
+        if self._file is None:
             self._part_data += data[start:end]
             if len(self._part_data) > MAX_FIELD_BYTES:
                 raise HTTPException(
@@ -128,28 +136,29 @@ class _Form:
                 )
             return
         self.size += end - start
+        self.sizes[self._part_name] += end - start
         if self.size > self.max_bytes:
             raise HTTPException(
                 413,
-                f"{self.name}: upload runs past the limit; the limit is "
+                f"{self.names[self._part_name]}: upload runs past the limit; the limit is "
                 f"{self.max_bytes / 2**20:g} MiB",
             )
-        self.pending.append(data[start:end])
+        self.pending.append((self._file, data[start:end]))
         self.pending_bytes += end - start
 
     def on_part_end(self) -> None:
-        if self._part_name != self.field:
+        if self._file is None:
             self.fields[self._part_name] = self._part_data.decode("utf-8", "replace")
 
     def write_pending(self) -> None:
-        if self._file is not None:
-            self._file.writelines(self.pending)
+        for file, chunk in self.pending:
+            file.write(chunk)
         self.pending.clear()
         self.pending_bytes = 0
 
     def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
+        for file in self._opened:
+            file.close()
 
 
 async def _parse(request: Request, form: _Form, boundary: bytes) -> None:
@@ -175,26 +184,49 @@ async def received(
     """The multipart/form-data body of `request`, read as it arrives: the part named `field`
     written to a temporary file in `folder` (refused with a 413 as soon as it passes `max_bytes`),
     the other fields as strings. The file is removed on leaving, and on any failure before."""
+    async with received_files(request, max_bytes, (field,), folder) as (uploads, fields):
+        yield uploads[field], fields
+
+
+@asynccontextmanager
+async def received_files(
+    request: Request, max_bytes: int, files: tuple[str, ...], folder: str | None = None
+) -> AsyncIterator[tuple[dict[str, Upload], dict[str, str]]]:
+    """As `received`, for a form of several files (`/v1/lipsync`: a video and its speech), each
+    required and non-empty; `max_bytes` bounds them together. Every file is removed on leaving."""
     content_type, options = parse_options_header(request.headers.get("content-type", ""))
     if content_type != b"multipart/form-data" or b"boundary" not in options:
+        wanted = " and ".join(f"`{field}`" for field in files)
         raise HTTPException(
-            400, f"expected a multipart/form-data body with a `{field}` file, got {content_type!r}"
+            400,
+            f"expected a multipart/form-data body with a {wanted} file"
+            f"{'s' if len(files) > 1 else ''}, got {content_type!r}",
         )
-    form = _Form(field, max_bytes, folder or tempfile.gettempdir())
+    form = _Form(files, max_bytes, folder or tempfile.gettempdir())
     try:
         await _parse(request, form, options[b"boundary"])
-        if form.path is None:
-            raise HTTPException(422, f"the form has no `{field}` file")
-        if form.size == 0:
-            raise HTTPException(422, f"{form.name}: upload is empty (0 bytes)")
+        for field in files:
+            if field not in form.paths:
+                raise HTTPException(422, f"the form has no `{field}` file")
+            if form.sizes[field] == 0:
+                raise HTTPException(422, f"{form.names[field]}: upload is empty (0 bytes)")
+        node = current_node()
         yield (
-            Upload(name=form.name, path=form.path, node_id=current_node(), size=form.size),
+            {
+                field: Upload(
+                    name=form.names[field],
+                    path=form.paths[field],
+                    node_id=node,
+                    size=form.sizes[field],
+                )
+                for field in files
+            },
             form.fields,
         )
     finally:
         form.close()
-        if form.path is not None:
-            Path(form.path).unlink(missing_ok=True)
+        for path in form.paths.values():
+            Path(path).unlink(missing_ok=True)
 
 
 @ray.remote(num_cpus=0)

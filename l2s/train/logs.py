@@ -63,6 +63,10 @@ class RunLog:
         figure = mel_pair(target_MF, predicted_MF, ("target", "predicted"), size=(8, 5))
         self.writer.add_figure(tag, figure, step)  # closes the figure
 
+    def image(self, step: int, tag: str, image_HW: np.ndarray) -> None:
+        """A grayscale uint8 image (e.g. real frames above re-drawn ones)."""
+        self.writer.add_image(tag, image_HW, step, dataformats="HW")
+
     def audio(self, step: int, tag: str, wav_S: np.ndarray) -> None:
         peak = max(float(np.abs(wav_S).max()), 1e-6)
         self.writer.add_audio(
