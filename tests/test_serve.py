@@ -113,6 +113,7 @@ def test_speech_of_real_clips_is_as_long_as_the_video(server: str, real_clips: l
         assert rate == AUDIO.sample_rate and wav_S.ndim == 1
         assert len(wav_S) == frames_at_25(clip) * SAMPLES_PER_FRAME
         assert float(response.headers["x-face-ratio"]) > 0.9
+        assert set(response.headers["x-lip-text"]) <= set(" 'ABCDEFGHIJKLMNOPQRSTUVWXYZ")
         assert np.isfinite(wav_S).all() and np.abs(wav_S).max() > 0
 
 

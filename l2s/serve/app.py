@@ -9,6 +9,8 @@ Routes (FastAPI; OpenAPI at /docs and /openapi.json):
     GET  /healthz     {"status": "ok", ...}
     POST /v1/speech   multipart `video` (+ optional `speaker`) → audio/wav, 16 kHz mono
     POST /v1/dub      the same → video/mp4: the video stream copied, the speech as its audio
+Both say in the header `X-Lip-Text` what the lips were read to say (upper-case letters, spaces
+and apostrophes only), beside `X-Audio-Seconds` and `X-Face-Ratio`.
 
 Bad input never gives a 500: 413 for an upload over the size limit, 415 for a file that is not
 a video FFmpeg can read (corrupt, truncated, audio only, an unknown codec), 422 for a video that
@@ -27,7 +29,7 @@ import re
 import tempfile
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NamedTuple
 
 import numpy as np
 from fastapi import FastAPI, File, Form, HTTPException, UploadFile
@@ -57,6 +59,14 @@ ERRORS = {
     415: {"description": "Not a video FFmpeg can read (corrupt, audio only, unknown codec)"},
     422: {"description": "A video that cannot be spoken (too long, too large, no face, ...)"},
 }
+
+
+class Said(NamedTuple):
+    """What the deployments made of an upload."""
+
+    wav_S: np.ndarray
+    text: str  # what the lips were read to say
+    face_ratio: float
 
 
 class UploadLimit:
@@ -108,8 +118,8 @@ def make_api(
     api.add_middleware(UploadLimit, max_bytes=cfg.max_upload_bytes)
     page = resources.files("l2s.serve").joinpath("index.html").read_text(encoding="utf-8")
 
-    async def speech_of(video: UploadFile, speaker: str | None) -> tuple[bytes, np.ndarray, float]:
-        """The upload's bytes, its speech wav_S and the fraction of frames with a face."""
+    async def speech_of(video: UploadFile, speaker: str | None) -> tuple[bytes, Said]:
+        """The upload's bytes, its speech, the lips' reading and the fraction of frames with a face."""
         data = await video.read()
         name = video.filename or "upload"
         if len(data) > cfg.max_upload_bytes:
@@ -122,17 +132,18 @@ def make_api(
             raise HTTPException(422, f"{name}: upload is empty (0 bytes)")
         try:
             roi_THW, face_ratio = await preprocess.rois.remote(data, name)
-            wav_S = await synthesizer.speak.remote(roi_THW, speaker or None)
+            wav_S, text = await synthesizer.speak.remote(roi_THW, speaker or None)
         except Rejected as e:
             raise HTTPException(e.status, e.reason) from None
-        return data, wav_S, face_ratio
+        return data, Said(wav_S, text, face_ratio)
 
-    def headers(video: UploadFile, wav_S: np.ndarray, face_ratio: float, suffix: str) -> dict:
+    def headers(video: UploadFile, said: Said, suffix: str) -> dict:
         stem = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(video.filename or "video").stem) or "video"
         return {
             "Content-Disposition": f'inline; filename="{stem}{suffix}"',
-            "X-Audio-Seconds": f"{len(wav_S) / AUDIO.sample_rate:.3f}",
-            "X-Face-Ratio": f"{face_ratio:.3f}",
+            "X-Audio-Seconds": f"{len(said.wav_S) / AUDIO.sample_rate:.3f}",
+            "X-Face-Ratio": f"{said.face_ratio:.3f}",
+            "X-Lip-Text": said.text,
         }
 
     @api.get("/", response_class=HTMLResponse, include_in_schema=False)
@@ -153,11 +164,9 @@ def make_api(
         speaker: SpeakerName = None,
     ) -> Response:
         """Speech for the video: a WAV as long as the video."""
-        _, wav_S, face_ratio = await speech_of(video, speaker)
+        _, said = await speech_of(video, speaker)
         return Response(
-            wav_bytes(wav_S),
-            media_type="audio/wav",
-            headers=headers(video, wav_S, face_ratio, ".wav"),
+            wav_bytes(said.wav_S), media_type="audio/wav", headers=headers(video, said, ".wav")
         )
 
     @api.post(
@@ -174,14 +183,12 @@ def make_api(
     ) -> Response:
         """The same video with the generated speech as its only audio track (mp4; the video
         stream is copied, not re-encoded)."""
-        data, wav_S, face_ratio = await speech_of(video, speaker)
+        data, said = await speech_of(video, speaker)
         try:
-            dubbed = await asyncio.to_thread(_dub, data, video.filename or "upload", wav_S)
+            dubbed = await asyncio.to_thread(_dub, data, video.filename or "upload", said.wav_S)
         except VideoError as e:
             raise HTTPException(415, str(e)) from None
-        return Response(
-            dubbed, media_type="video/mp4", headers=headers(video, wav_S, face_ratio, ".dub.mp4")
-        )
+        return Response(dubbed, media_type="video/mp4", headers=headers(video, said, ".dub.mp4"))
 
     return api
 
