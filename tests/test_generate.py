@@ -254,6 +254,41 @@ def test_the_oracle_hears_the_transcript_and_the_user_never_does(
     assert np.abs(mel_of(lips, "mel") - mel_of(oracle, "mel")).max() > 1e-4
 
 
+def test_a_flow_head_samples_with_guidance_and_a_recognizer_steering(
+    synth_features: str, tmp_path: Path
+) -> None:
+    from l2s.infer.model import FlowSampling
+    from l2s.models.asr import SpeechRecognizer
+    from l2s.models.asr import tiny as tiny_asr
+    from l2s.models.lip2speech import tiny as tiny_model
+    from l2s.train import initial_checkpoint
+
+    sizes = dataclasses.replace(tiny_model(), text_conditioning=True, flow_head=True)
+    model = SpeechModel.load(initial_checkpoint(synth_features, str(tmp_path / "run"), model=sizes))
+    torch.nn.init.normal_(model.network.flow.out.weight, std=0.05)  # untrained: a velocity at all
+    rows = shards.read_features(synth_features, split="test")[:2]
+    rois = [r.roi_THW() for r in rows]
+
+    def mels(**sampling: float) -> list[np.ndarray]:
+        model.sampling = FlowSampling(steps=4, **sampling)
+        return model.mels(rois, [None, None])
+
+    plain = mels()
+    assert [m.shape for m in plain] == [(AUDIO.n_mels, 4 * r.n_frames) for r in rows]
+    np.testing.assert_array_equal(plain[0], mels()[0])  # seeded: the same speech every time
+    with torch.no_grad():
+        regression = model.network(normalize_video(torch.from_numpy(crop(rois[0], None))[None]))
+    assert np.abs(plain[0] - regression.mel_post_BMF[0].numpy()).max() > 0.1  # a sample, not it
+    guided = mels(video_guidance=2.0, text_guidance=3.0)
+    assert np.abs(guided[0] - plain[0]).max() > 1e-3
+    with pytest.raises(ValueError, match="needs a recognizer"):
+        mels(asr_scale=1.0)
+    model.guide = SpeechRecognizer(tiny_asr()).eval()
+    steered = mels(asr_scale=1.0)
+    assert all(np.isfinite(m).all() for m in steered)
+    assert np.abs(steered[0] - plain[0]).max() > 1e-3
+
+
 def test_speak_chunks_a_long_silent_video(
     real_clips: list[Path], checkpoint: str, tmp_path: Path
 ) -> None:

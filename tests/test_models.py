@@ -16,6 +16,7 @@ import torch
 from l2s.config import MELS_PER_FRAME
 from l2s.models.asr import SpeechRecognizer
 from l2s.models.asr import tiny as asr_tiny
+from l2s.models.flow import FlowHead, flow_matching_loss, sample
 from l2s.models.frontend import normalize_video
 from l2s.models.lip2speech import (
     Lip2Speech,
@@ -339,3 +340,46 @@ def test_recognizer_learns_to_spell_two_clips() -> None:
     model.eval()
     with torch.no_grad():
         assert decode_ctc(*model(mel_BMF)) == ["BIN BLUE", "SET RED"]
+
+
+# ---- flow-matching head -----------------------------------------------------------------------
+
+
+def test_flow_head_is_off_by_default_and_trains_inside_forward() -> None:
+    assert Lip2Speech(tiny()).flow is None
+    model = _tiny_model(flow_head=True).train()
+    T = 6
+    video_BTHW, speaker_BD = _inputs(2, T)
+    mel_BMF = torch.randn(2, 80, T * MELS_PER_FRAME)
+    out = model(video_BTHW, torch.tensor([T, 4]), speaker_BD, mel_BMF=mel_BMF)
+    assert out.flow_cond_BFC.shape == (2, T * MELS_PER_FRAME, model.cfg.decoder_dim + 80)
+    total, parts = lip2speech_loss(out, mel_BMF)
+    assert parts["flow"] > 0 and torch.isfinite(total)
+    total.backward()
+    assert model.flow.out.weight.grad.abs().sum() > 0
+    without = model(video_BTHW, torch.tensor([T, 4]), speaker_BD)
+    assert without.flow_loss is None and "flow" not in lip2speech_loss(without, mel_BMF)[1]
+
+
+def test_flow_sampling_reaches_the_targets_it_learned() -> None:
+    """Two conditions, two targets: after training, a 16-step Euler sample from noise lands near
+    each condition's target, and the unconditional velocity (zeros) lands between them."""
+    torch.manual_seed(0)
+    head = FlowHead(8, 4, 32, layers=1, heads=2, ffn_mult=2, kernel=3, dropout=0.0)
+    F = 6
+    cond_BFC = torch.zeros(2, F, 4)
+    cond_BFC[0, :, 0], cond_BFC[1, :, 1] = 1.0, 1.0
+    z1_BFM = torch.ones(2, F, 8)
+    z1_BFM[1] = -1.0
+    mask_BF = torch.ones(2, F, dtype=torch.bool)
+    optimizer = torch.optim.Adam(head.parameters(), lr=3e-3)
+    for _ in range(300):
+        loss = flow_matching_loss(head, z1_BFM, cond_BFC, mask_BF, uncond_prob=0.2)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        z_BFM = sample(head, [(cond_BFC, 1.0)], None, 16, 8, torch.Generator().manual_seed(1))
+        none_BFM = sample(head, [(torch.zeros_like(cond_BFC), 1.0)], None, 16, 8)
+    assert (z_BFM - z1_BFM).abs().mean() < 0.3
+    assert none_BFM.mean().abs() < 0.5

@@ -19,6 +19,9 @@ L characters of text.
 With `text_conditioning`, the features also attend to a text before the decoder (Hegde et al.'s
 idea): `forward` takes it (`text_BL`), and without one reads the clip's own CTC output greedily;
 `encode` then `decode` let a caller read the lips its own way (a grammar's beam search) in between.
+With `flow_head`, a flow-matching head (`l2s.models.flow`) learns to sample the mel, conditioned
+on the regression decoder's features and mel (its loss is computed in `forward` when the target
+mel is given, so that data-parallel wrappers see every parameter used in their forward).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from torch import nn
 from l2s.config import AUDIO, MELS_PER_FRAME
 from l2s.models.conformer import ConformerEncoder
 from l2s.models.decoder import Postnet, Upsampler
+from l2s.models.flow import FlowHead, flow_matching_loss
 from l2s.models.frontend import VisualFrontend
 from l2s.models.masking import check_lengths, lengths_to_mask
 from l2s.models.text import VOCAB, greedy_ids
@@ -71,6 +75,11 @@ class ModelConfig:
     text_conditioning: bool = False
     text_layers: int = 1
     text_attention_layers: int = 2
+    # A flow-matching mel head (`l2s.models.flow`), off by default, beside the regression decoder
+    # it is conditioned on; training drops its condition for `flow_uncond` of the clips.
+    flow_head: bool = False
+    flow_layers: int = 2
+    flow_uncond: float = 0.1
 
     def __post_init__(self) -> None:
         positive = [k for k, v in asdict(self).items() if type(v) is int and v < 1]
@@ -94,6 +103,8 @@ class ModelConfig:
             raise ValueError(f"dropout must lie in [0, 1), got {self.dropout}")
         if not 0.0 <= self.speaker_dropout <= 1.0:
             raise ValueError(f"speaker_dropout must lie in [0, 1], got {self.speaker_dropout}")
+        if not 0.0 <= self.flow_uncond <= 1.0:
+            raise ValueError(f"flow_uncond must lie in [0, 1], got {self.flow_uncond}")
 
     @property
     def vocab_size(self) -> int:
@@ -175,6 +186,10 @@ class Lip2SpeechOutput:
     ctc_logits_BTV: torch.Tensor
     lengths_B: torch.Tensor
     mel_lengths_B: torch.Tensor
+    # With a flow head: its condition (decoder features and standardised mel, padding not
+    # zeroed), and its training loss when a target mel was given.
+    flow_cond_BFC: torch.Tensor | None = None
+    flow_loss: torch.Tensor | None = None
 
 
 class Lip2Speech(nn.Module):
@@ -239,7 +254,20 @@ class Lip2Speech(nn.Module):
             if cfg.text_conditioning
             else None
         )
-
+        self.flow = (
+            FlowHead(
+                cfg.n_mels,
+                cfg.decoder_dim + cfg.n_mels,
+                cfg.decoder_dim,
+                layers=cfg.flow_layers,
+                heads=cfg.decoder_heads,
+                ffn_mult=cfg.ffn_mult,
+                kernel=cfg.decoder_conv_kernel,
+                dropout=cfg.dropout,
+            )
+            if cfg.flow_head
+            else None
+        )
         self.postnet = Postnet(
             cfg.n_mels,
             cfg.postnet_dim,
@@ -267,6 +295,7 @@ class Lip2Speech(nn.Module):
         speaker_BD: torch.Tensor | None = None,
         text_BL: torch.Tensor | None = None,
         text_lengths_B: torch.Tensor | None = None,
+        mel_BMF: torch.Tensor | None = None,
     ) -> Lip2SpeechOutput:
         """Generate mels for a padded batch of clips.
 
@@ -274,12 +303,13 @@ class Lip2Speech(nn.Module):
         B×1×T×H×W. lengths_B: valid frames per clip (None: all T). speaker_BD: speaker embeddings
         that do not come from the target audio (see the module docstring); None means no speaker.
         text_BL, text_lengths_B: character ids (blank-padded) and counts, for a text-conditioned
-        model (a count of 0: no text); None: the clip's own greedy CTC reading.
+        model (a count of 0: no text); None: the clip's own greedy CTC reading. mel_BMF: the
+        target log-mel, for the flow head's training loss.
         """
         encoded = self.encode(video_BTHW, lengths_B, speaker_BD)
         if self.text_attention is not None and text_BL is None:
             text_BL, text_lengths_B = greedy_ids(encoded.ctc_logits_BTV, encoded.lengths_B)
-        return self.decode(encoded, text_BL, text_lengths_B)
+        return self.decode(encoded, text_BL, text_lengths_B, mel_BMF)
 
     def encode(
         self,
@@ -311,8 +341,10 @@ class Lip2Speech(nn.Module):
         encoded: Encoded,
         text_BL: torch.Tensor | None = None,
         text_lengths_B: torch.Tensor | None = None,
+        mel_BMF: torch.Tensor | None = None,
     ) -> Lip2SpeechOutput:
-        """Encoded clips (+ text, for a text-conditioned model: required here) → mels."""
+        """Encoded clips (+ text, for a text-conditioned model: required here) → mels (+ the
+        flow head's condition, and its loss against a target `mel_BMF`)."""
         x_BTC, mask_BT, lengths_B = encoded.x_BTC, encoded.mask_BT, encoded.lengths_B
         if self.text_attention is not None:
             if text_BL is None or text_lengths_B is None:
@@ -331,13 +363,38 @@ class Lip2Speech(nn.Module):
         if mask_BF is not None:
             mel_BFM = mel_BFM.masked_fill(~mask_BF[..., None], 0.0)
             mel_post_BFM = mel_post_BFM.masked_fill(~mask_BF[..., None], 0.0)
+        flow_cond_BFC = flow_loss = None
+        if self.flow is not None:
+            flow_cond_BFC = torch.cat([y_BFC, z_post_BFM], dim=-1)
+            if mel_BMF is not None:
+                z1_BFM = (mel_BMF.transpose(1, 2).to(z_BFM.dtype) - mean_M) / std_M
+                valid_BF = (
+                    mask_BF
+                    if mask_BF is not None
+                    else torch.ones_like(z1_BFM[..., 0], dtype=torch.bool)
+                )
+                z1_BFM = z1_BFM.masked_fill(~valid_BF[..., None], 0.0)
+                flow_loss = flow_matching_loss(
+                    self.flow,
+                    z1_BFM,
+                    flow_cond_BFC,
+                    valid_BF,
+                    self.cfg.flow_uncond if self.training else 0.0,
+                )
         return Lip2SpeechOutput(
             mel_BMF=mel_BFM.transpose(1, 2),
             mel_post_BMF=mel_post_BFM.transpose(1, 2),
             ctc_logits_BTV=encoded.ctc_logits_BTV,
             lengths_B=lengths_B,
             mel_lengths_B=mel_lengths_B,
+            flow_cond_BFC=flow_cond_BFC,
+            flow_loss=flow_loss,
         )
+
+    def standardized_to_mel(self, z_BFM: torch.Tensor) -> torch.Tensor:
+        """The flow's standardised mel (B×F×M) → log-mel B×M×F."""
+        mean_M, std_M = self.mel_mean_M.to(z_BFM.dtype), self.mel_std_M.to(z_BFM.dtype)
+        return (z_BFM * std_M + mean_M).transpose(1, 2)
 
     def _speaker(self, speaker_BD: torch.Tensor | None, like_BTC: torch.Tensor) -> torch.Tensor:
         B, D = like_BTC.shape[0], self.cfg.speaker_dim

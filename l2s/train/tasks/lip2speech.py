@@ -194,8 +194,9 @@ class Lip2SpeechTask(Task):
             group["lr"] = lr
         text = self._training_text(batch) if cfg.model_config.text_conditioning else ()
         batch = batch.to(self.session.device, self.dtype)
+        target = {"mel_BMF": batch.mel_BMF} if cfg.model_config.flow_head else {}
         with self.autocast:
-            output = self.net(batch.video_BTHW, batch.lengths_B, batch.speaker_BD, *text)
+            output = self.net(batch.video_BTHW, batch.lengths_B, batch.speaker_BD, *text, **target)
         loss, parts = lip2speech_loss(
             output, batch.mel_BMF, batch.targets_BL, batch.target_lengths_B, cfg.loss
         )
