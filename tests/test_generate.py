@@ -257,7 +257,7 @@ def test_the_oracle_hears_the_transcript_and_the_user_never_does(
 def test_a_flow_head_samples_with_guidance_and_a_recognizer_steering(
     synth_features: str, tmp_path: Path
 ) -> None:
-    from l2s.infer.model import FlowSampling
+    from l2s.infer.sampling import FlowSampling
     from l2s.models.asr import SpeechRecognizer
     from l2s.models.asr import tiny as tiny_asr
     from l2s.models.lip2speech import tiny as tiny_model

@@ -10,9 +10,8 @@ Every clip runs over the model windows of `l2s.infer.windows`, whoever calls. Th
 log-probabilities are cross-faded over the windows like the mels and read once per clip: with the
 checkpoint's grammar (a beam search, `l2s.models.grammar`) when it has one, greedily otherwise. A
 text-conditioned model hears each window's own reading (or, for the oracle, a given transcript),
-never the clip's transcript unless asked. A model with a flow head samples its mel (`FlowSampling`:
-steps, classifier-free guidance on video and text, and optionally a recognizer's pull toward the
-lip-read text).
+never the clip's transcript unless asked. A model with a flow head samples its mel
+(`l2s.infer.sampling`).
 
 Letters in shape names: T video frames, H×W pixels, M mel bands, F mel frames, D embedding size,
 V CTC vocabulary.
@@ -29,14 +28,13 @@ from tqdm import tqdm
 
 from l2s.config import MELS_PER_FRAME, VIDEO
 from l2s.infer.checkpoint import grammar_of, model_of, read_model, resolve
+from l2s.infer.sampling import FlowSampling, flow_mel
 from l2s.infer.speakers import SpeakerTable
 from l2s.infer.windows import WINDOW, WINDOWS_PER_PASS, blend_windows, window_starts
 from l2s.models.asr import SpeechRecognizer
-from l2s.models.flow import sample
 from l2s.models.frontend import crop, normalize_video
 from l2s.models.grammar import Grammar, read_text
-from l2s.models.lip2speech import Encoded, Lip2Speech, Lip2SpeechOutput
-from l2s.models.losses import ctc_loss
+from l2s.models.lip2speech import Lip2Speech
 from l2s.models.text import encode_batch
 
 
@@ -46,30 +44,6 @@ class WindowOutput:
 
     mel_MF: np.ndarray
     log_probs_VT: np.ndarray
-
-
-@dataclass(frozen=True, kw_only=True)
-class FlowSampling:
-    """How a model with a flow head samples its mel (`l2s.models.flow.sample`).
-
-    Guidance weights are classifier-free: 1 is the plain conditional velocity, above 1 pushes away
-    from the unconditional one; `video_guidance` contrasts the clip's features with none,
-    `text_guidance` (text-conditioned models) the clip with its reading against the clip without
-    text. `asr_scale` > 0 steers every step toward the lip-read text with the gradient of a speech
-    recognizer's CTC loss (`SpeechModel.guide`), normalised per clip.
-    """
-
-    steps: int = 16
-    video_guidance: float = 1.0
-    text_guidance: float = 1.0
-    asr_scale: float = 0.0
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if not 1 <= self.steps <= 64:
-            raise ValueError(f"steps must lie in [1, 64], got {self.steps}")
-        if self.asr_scale < 0:
-            raise ValueError(f"asr_scale must be >= 0, got {self.asr_scale}")
 
 
 @dataclass(frozen=True)
@@ -212,65 +186,14 @@ class SpeechModel:
         output = self.network.decode(encoded, *text)
         mel_BMF = output.mel_post_BMF
         if flowing:
-            mel_BMF = self._flow_mel(encoded, output, list(texts))
+            mel_BMF = flow_mel(
+                self.network, encoded, output, list(texts), self.sampling, self.guide
+            )
         mel_BMF = mel_BMF.float().cpu().numpy()
         return [
             WindowOutput(mel_BMF[b, :, : n * MELS_PER_FRAME], log_probs_BTV[b, :n].T)
             for b, n in enumerate(lengths)
         ]
-
-    def _flow_mel(
-        self, encoded: Encoded, output: Lip2SpeechOutput, texts: list[str]
-    ) -> torch.Tensor:
-        """The flow head's sample B×M×F, guided as `sampling` says."""
-        cfg, network = self.sampling, self.network
-        full_BFC = output.flow_cond_BFC
-        mask_BF = None
-        if encoded.mask_BT is not None:
-            mask_BF = encoded.mask_BT.repeat_interleave(MELS_PER_FRAME, dim=1)
-        # v = v(∅) + w_v (v(V) − v(∅)) + w_t (v(V, T) − v(V, ∅)), as a weighted sum of velocities.
-        conds = [(torch.zeros_like(full_BFC), 1.0 - cfg.video_guidance)]
-        if network.cfg.text_conditioning:
-            no_text = tuple(t.to(full_BFC.device) for t in encode_batch([""] * len(texts)))
-            conds.append(
-                (
-                    network.decode(encoded, *no_text).flow_cond_BFC,
-                    cfg.video_guidance - cfg.text_guidance,
-                )
-            )
-            conds.append((full_BFC, cfg.text_guidance))
-        else:
-            conds.append((full_BFC, cfg.video_guidance))
-        conds = [c for c in conds if c[1] != 0.0]
-        steer = None
-        if cfg.asr_scale > 0:
-            if self.guide is None:
-                raise ValueError("sampling.asr_scale > 0 needs a recognizer in SpeechModel.guide")
-            steer = self._steer(texts, encoded.lengths_B * MELS_PER_FRAME, cfg.asr_scale)
-        generator = torch.Generator(full_BFC.device).manual_seed(cfg.seed)
-        z_BFM = sample(
-            network.flow, conds, mask_BF, cfg.steps, network.cfg.n_mels, generator, steer
-        )
-        return network.standardized_to_mel(z_BFM)
-
-    def _steer(self, texts: list[str], mel_lengths_B: torch.Tensor, scale: float):
-        """A velocity toward `texts`: minus the recognizer's CTC-loss gradient at the current
-        estimate of the clean mel, scaled to `scale` standard deviations per clip."""
-        targets_BL, target_lengths_B = (t.to(mel_lengths_B.device) for t in encode_batch(texts))
-        network, guide = self.network, self.guide
-
-        def steer(z_BFM: torch.Tensor, z1_BFM: torch.Tensor, t: float) -> torch.Tensor:
-            with torch.enable_grad():
-                z1 = z1_BFM.detach().requires_grad_(True)
-                logits_BTV, lengths_B = guide(network.standardized_to_mel(z1), mel_lengths_B)
-                loss = ctc_loss(logits_BTV, lengths_B, targets_BL, target_lengths_B)
-                if loss is None:
-                    return torch.zeros_like(z_BFM)
-                (grad_BFM,) = torch.autograd.grad(loss, z1)
-            rms_B11 = grad_BFM.square().mean(dim=(1, 2), keepdim=True).sqrt()
-            return -scale * grad_BFM / (rms_B11 + 1e-8)
-
-        return steer
 
     def mean_mel(self, n_frames: int) -> np.ndarray:
         """The constant mean-mel predictor (a baseline): the training mel mean at every frame."""
