@@ -208,6 +208,10 @@ def train(
             help="How lips are read: auto (GRID's grammar for GRID), grid, lexicon, none."
         ),
     ] = "auto",
+    init: Annotated[
+        str | None,
+        typer.Option(help="Start from this checkpoint's (or run's) weights: fine-tuning."),
+    ] = None,
     seed: Seed = 0,
 ) -> None:
     """Train the lip-to-speech model on Ray Train (DDP or DeepSpeed); rerun to resume."""
@@ -249,6 +253,7 @@ def train(
         gpus_per_node=gpus_per_node,
         workers=workers,
         time_budget_min=time_budget,
+        init=init,
         seed=seed,
     )
     _print_run(

@@ -28,7 +28,9 @@ from l2s.evaluate.asr import (
     mode_for_transcripts,
 )
 from l2s.evaluate.metrics import MetricUnavailable, nan_reasons_of
-from l2s.evaluate.split import print_summary, summarize, summary_cells
+from l2s.evaluate.split import print_summary, reference_audio, summarize, summary_cells
+from l2s.features import FeatureConfig, decode_clip
+from l2s.schema import ManifestRow
 
 REAL = FIXTURES
 SPEECH = REAL / "python-pesq__speech.wav"
@@ -355,3 +357,15 @@ def test_a_scored_split_has_the_recordings_row_and_names_its_recogniser(
     assert "recording" in text and f"ASR: {PocketSphinxASR('grid').name}" in text
     report = write_report([out], rows, tmp_path / "report.html").read_text()
     assert "<th>wer</th>" in report and f"ASR: {PocketSphinxASR('grid').name}" in report
+
+
+def test_the_reference_is_the_segment_the_features_cover(real_clips: list[Path]) -> None:
+    """Scores compare with the recording of the clip's own segment of its video, not the
+    video's first seconds."""
+    row = ManifestRow(
+        id="segment", speaker="s", split="test", video=str(real_clips[1]), corpus="folder",
+        start=1.0, duration=2.0,
+    )  # fmt: skip
+    decoded = decode_clip(row, FeatureConfig())
+    record = {"id": row.id, "video": row.video, "start": row.start, "n_frames": 50}
+    assert np.array_equal(reference_audio(record), decoded.audio_S)

@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -117,6 +118,48 @@ def test_latest_checkpoint_is_one_ray_recorded(tmp_path: Path) -> None:
     record = {"checkpoint_results": [{"checkpoint_dir_name": "checkpoint_00000020"}]}
     (run / "checkpoint_manager_snapshot.json").write_text(json.dumps(record))
     assert latest_checkpoint(str(run)).endswith("checkpoint_00000020")
+
+
+@pytest.mark.parametrize(
+    "record, problem",
+    [
+        ("", "not JSON"),
+        ('{"checkpoint_results": [{"checkpoint_dir_name": "checkp', "not JSON"),
+        ("[]", "no list of checkpoint_results"),
+        ('{"checkpoint_results": {"checkpoint_dir_name": "x"}}', "no list of checkpoint_results"),
+        ('{"checkpoint_results": [{"metrics": {}}]}', "without a checkpoint_dir_name"),
+    ],
+    ids=["empty", "truncated", "a list", "results not a list", "result without a name"],
+)
+def test_latest_checkpoint_refuses_an_unreadable_ray_record(
+    tmp_path: Path, record: str, problem: str
+) -> None:
+    """An unreadable record is not a missing one: falling back to the newest folder would take a
+    checkpoint Ray may never have finished recording, which is what the record is there to prevent."""
+    run = tmp_path / "run"
+    (run / "checkpoint_00000020").mkdir(parents=True)
+    (run / "checkpoint_00000020" / "model.pt").write_bytes(b"x")
+    (run / "checkpoint_manager_snapshot.json").write_text(record)
+    with pytest.raises(ValueError, match=f"checkpoint_manager_snapshot.json: .*{problem}"):
+        latest_checkpoint(str(run))
+
+
+def test_latest_checkpoint_reads_a_record_being_rewritten(tmp_path: Path) -> None:
+    """Ray rewrites its record in place (truncate, then write): a reader that catches it empty
+    reads it again rather than failing a run that is fine."""
+    run = tmp_path / "run"
+    for step in (20, 40):
+        (run / f"checkpoint_{step:08d}").mkdir(parents=True)
+        (run / f"checkpoint_{step:08d}" / "model.pt").write_bytes(b"x")
+    snapshot = run / "checkpoint_manager_snapshot.json"
+    snapshot.write_text("")
+    record = {"checkpoint_results": [{"checkpoint_dir_name": "checkpoint_00000020"}]}
+    writer = threading.Timer(0.2, lambda: snapshot.write_text(json.dumps(record)))
+    writer.start()
+    try:
+        assert latest_checkpoint(str(run)).endswith("checkpoint_00000020")
+    finally:
+        writer.join()
 
 
 def _train_command(dataset: Path, out: Path, *extra: str) -> list[str]:

@@ -56,11 +56,13 @@ ASR_MODES = ("auto", "grid", "open")
 
 
 def reference_audio(record: dict) -> np.ndarray:
-    """The clip's recorded speech, cut to the frames the features cover."""
+    """The clip's recorded speech, cut to the frames the features cover (from where the clip
+    starts in its video: results generated before segments were kept have whole clips)."""
     if not record["video"]:
         raise FileNotFoundError(f"{record['id']}: source video unknown (the manifest is gone)")
-    wav_S = load_audio(record["video"], AUDIO.sample_rate)
-    return wav_S[: record["n_frames"] * MELS_PER_FRAME * AUDIO.hop_length]
+    n_samples = record["n_frames"] * MELS_PER_FRAME * AUDIO.hop_length
+    start = record.get("start", 0.0)
+    return load_audio(record["video"], AUDIO.sample_rate, start, n_samples / AUDIO.sample_rate)
 
 
 def system_audio(record: dict, vocode: Callable[[np.ndarray], np.ndarray]) -> dict[str, np.ndarray]:

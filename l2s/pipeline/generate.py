@@ -30,25 +30,27 @@ from l2s.infer.vocoder import Vocoder, load_vocoder
 from l2s.infer.voice import split_speakers
 from l2s.models.text import normalize_text
 from l2s.pipeline import shards
+from l2s.schema import ManifestRow
 
 COLUMNS = ["id", "speaker", "split", "transcript", "n_frames", "roi", "mel"]
 GENERATED = "generated"  # folder of output-record shards in a results folder
 WAV_DIR = "wavs"
 
 
-def source_videos(dataset: str) -> dict[str, str]:
-    """Clip id → source video URI, from the manifest the dataset was made from ({} if it is gone)."""
+def source_rows(dataset: str) -> dict[str, ManifestRow]:
+    """Clip id → its manifest row (source video and segment), from the manifest the dataset was
+    made from ({} if it is gone)."""
     manifest = shards.read_metadata(dataset).get("source_manifest")
     if not manifest or not storage.exists(manifest):
         return {}
-    return {row.id: row.video for row in read_manifest(manifest)}
+    return {row.id: row for row in read_manifest(manifest)}
 
 
 def generate_clips(
     model: SpeechModel,
     clips: Sequence[dict],
     voices: dict[str, tuple[np.ndarray | None, str]],
-    videos: dict[str, str],
+    sources: dict[str, ManifestRow],
     out: str,
     vocode: Vocoder | None = None,
     oracle_text: bool = False,
@@ -77,6 +79,7 @@ def generate_clips(
     for clip, speech, mel_MF, wav_S in zip(clips, said, mels, wavs, strict=True):
         wav = storage.join(out, WAV_DIR, f"{clip['id']}.wav")
         write_wav(wav, wav_S)
+        source = sources.get(clip["id"])
         records.append(
             {
                 "id": clip["id"],
@@ -85,7 +88,8 @@ def generate_clips(
                 "transcript": clip["transcript"],
                 "text": speech.text,
                 "heard": "transcript" if oracle_text else "lips",
-                "video": videos.get(clip["id"]),
+                "video": source.video if source else None,
+                "start": source.start if source else 0.0,  # where the clip starts in the video
                 "n_frames": int(clip["n_frames"]),
                 "mel": mel_MF.astype(np.float32).tobytes(),
                 "target_mel": clip["mel"],
@@ -132,12 +136,12 @@ class GenerateBatch:
         checkpoint: str,
         out: str,
         voices: dict,
-        videos: dict,
+        sources: dict,
         vocoder: str | None,
         oracle_text: bool = False,
     ) -> None:
         self.model, self.vocode = SpeechModel.load(checkpoint), load_vocoder(vocoder)
-        self.out, self.voices, self.videos = out, voices, videos
+        self.out, self.voices, self.sources = out, voices, sources
         self.oracle_text = oracle_text
 
     def __call__(self, batch: dict) -> dict:
@@ -145,7 +149,7 @@ class GenerateBatch:
             dict(zip(batch, values, strict=True)) for values in zip(*batch.values(), strict=True)
         ]
         records = generate_clips(
-            self.model, clips, self.voices, self.videos, self.out, self.vocode, self.oracle_text
+            self.model, clips, self.voices, self.sources, self.out, self.vocode, self.oracle_text
         )
         name = shards.shard_name([r["id"] for r in records])
         shards.write_table(pa.Table.from_pylist(records), storage.join(self.out, GENERATED, name))
@@ -217,7 +221,7 @@ def generate_split(
                 checkpoint,
                 out,
                 voices,
-                source_videos(dataset),
+                source_rows(dataset),
                 vocoder,
                 oracle_text,
             ),

@@ -1,9 +1,10 @@
 """The two working deployments behind the HTTP ingress: thin Ray Serve wrappers around the same
 per-clip functions `l2s speak` runs (`l2s.infer`), so the endpoint and the CLI speak alike.
 
-    Preprocess   CPU. Upload bytes → checked against the limits → 96×96 mouth ROIs
-                 (decode at 25 fps, dlib face tracking, mouth crop). One clip at a time per
-                 replica; replicas autoscale on the requests waiting.
+    Preprocess   CPU. The uploaded file (its path on disk: l2s/serve/upload.py) → checked
+                 against the limits → 96×96 mouth ROIs (decode at 25 fps, dlib face tracking,
+                 mouth crop). One clip at a time per replica; replicas autoscale on the
+                 requests waiting.
     Synthesizer  The model (on a GPU when one is given). Mouth ROIs → 10-s model windows
                  (`l2s.infer.windows`, as everywhere else), batched across requests with
                  `@serve.batch` (padded to the longest, one forward pass), cross-faded back
@@ -25,7 +26,7 @@ import numpy as np
 from ray import serve
 
 from l2s.face import load_detector
-from l2s.features import FeatureConfig, named_bytes
+from l2s.features import FeatureConfig
 from l2s.infer import SpeakError
 from l2s.infer.model import WindowOutput
 from l2s.infer.speak import mouth_rois
@@ -33,38 +34,45 @@ from l2s.infer.vocoder import load_vocoder
 from l2s.infer.voice import voice
 from l2s.infer.windows import WINDOW, window_starts
 from l2s.serve.config import Rejected, ServeConfig
+from l2s.serve.upload import Upload, local_copy
 from l2s.video import VideoError, probe
 
 
 @serve.deployment(max_ongoing_requests=1)
 class Preprocess:
-    """Video bytes → (mouth ROIs roi_THW, fraction of frames with a face)."""
+    """An uploaded video → (mouth ROIs roi_THW, fraction of frames with a face)."""
 
     def __init__(self, cfg: ServeConfig) -> None:
         self.cfg = cfg
         self.features = FeatureConfig()
         load_detector(self.features.face)  # once per replica, not on the first request
 
-    def rois(self, data: bytes, filename: str) -> tuple[np.ndarray, float]:
+    def rois(self, upload: Upload) -> tuple[np.ndarray, float]:
+        with local_copy(upload) as local:
+            return self._rois(local)
+
+    def _rois(self, upload: Upload) -> tuple[np.ndarray, float]:
         cfg = self.cfg
         try:
-            info = probe(named_bytes(data, filename))
+            with upload.open() as f:
+                info = probe(f)
         except VideoError as e:
             raise Rejected(415, str(e)) from e
         if info.duration > cfg.max_seconds:
             raise Rejected(
                 422,
-                f"{filename}: video is {info.duration:.1f} s long; the limit is "
+                f"{upload.name}: video is {info.duration:.1f} s long; the limit is "
                 f"{cfg.max_seconds:g} s",
             )
         if max(info.width, info.height) > cfg.max_side:
             raise Rejected(
                 422,
-                f"{filename}: resolution {info.width}×{info.height} is over the limit of "
+                f"{upload.name}: resolution {info.width}×{info.height} is over the limit of "
                 f"{cfg.max_side} px on the long side",
             )
         try:
-            return mouth_rois(named_bytes(data, filename), self.features, cfg.max_seconds)
+            with upload.open() as f:
+                return mouth_rois(f, self.features, cfg.max_seconds)
         except (SpeakError, VideoError) as e:
             raise Rejected(422, str(e)) from e
 

@@ -85,6 +85,10 @@ class TrainConfig(RunBase):
     preset: str = "tiny"
     model: ModelConfig | None = None  # None: the preset's sizes
     loss: LossConfig = field(default_factory=LossConfig)
+    # A checkpoint (or run directory) whose weights a fresh run starts from: fine-tuning, e.g. a
+    # front-end trained on the synthetic corpus carried to real faces. Its model must have this
+    # run's sizes; the mel statistics and speakers are this dataset's. A resume ignores it.
+    init: str | None = None
 
     # Optimisation. The learning rate warms up linearly, then follows a cosine down to
     # lr * min_lr_ratio at the end of the budget: the step budget, or the time budget when that

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from l2s.infer.checkpoint import MODEL_FILE, read_model
+from l2s.infer.checkpoint import MODEL_FILE, read_model, resolve
 from l2s.infer.speakers import SpeakerTable
 from l2s.models.grammar import Grammar
 from l2s.models.lip2speech import Lip2Speech, count_parameters
@@ -76,9 +76,11 @@ class Lip2SpeechTask(Task):
         )
         torch.manual_seed(cfg.seed)  # the same initial weights on every rank
         model = Lip2Speech(cfg.model_config)
-        model.set_mel_stats(
-            *(torch.tensor(v) for v in config["mel_stats"])
-        )  # a resume restores its own
+        if cfg.init is not None:
+            self._start_from(model, cfg.init, rank)
+        # This dataset's mel statistics (after `init`'s weights, whose came from its own data); a
+        # resume restores its own.
+        model.set_mel_stats(*(torch.tensor(v) for v in config["mel_stats"]))
 
         # ---- resume: weights before wrapping, optimizer state after -----------------------------
         progress = ckpt.Progress(world_size=world, strategy=cfg.strategy)
@@ -140,6 +142,20 @@ class Lip2SpeechTask(Task):
         self.val_set: list[Batch] | None = None  # read at the first validation, then kept
         self.grammar = Grammar.from_dict(config["grammar"]) if config.get("grammar") else None
         self.noise_rng = np.random.default_rng([cfg.seed, rank, progress.step, 1])
+
+    def _start_from(self, model: Lip2Speech, init: str, rank: int) -> None:
+        uri = resolve(init)
+        saved = read_model(uri)
+        if saved["model_config"] != self.cfg.model_config.to_dict():
+            raise ValueError(
+                f"init {uri} holds a model of another shape ({saved['model_config']}): give the "
+                "same preset or model settings"
+            )
+        model.load_state_dict(saved["model"])
+        if rank == 0:
+            print(
+                f"[l2s.train] starting from the weights of {uri} (step {saved['progress']['step']})"
+            )
 
     def _check_resumable(self, saved: dict, rank: int) -> None:
         cfg = self.cfg
