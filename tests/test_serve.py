@@ -183,15 +183,47 @@ def test_the_model_batches_clips_that_arrive_together(server: str, synth_corpus:
     long_THW = np.resize(np.concatenate([a, b]), (WINDOW + 50, *a.shape[1:]))
     rois = [a, b, a[:30], b[:45], np.concatenate([a, b]), long_THW]
     before = synthesizer.batch_sizes.remote().result()
-    responses = [synthesizer.speak.remote(roi_THW) for roi_THW in rois]
+    responses = [synthesizer.speak.remote((roi_THW, 1.0)) for roi_THW in rois]
     for roi_THW, response in zip(rois, responses, strict=True):
-        wav_S = response.result()
+        wav_S, text, face_ratio = response.result()
         assert len(wav_S) == len(roi_THW) * SAMPLES_PER_FRAME and np.isfinite(wav_S).all()
+        assert face_ratio == 1.0 and set(text) <= set(" 'ABCDEFGHIJKLMNOPQRSTUVWXYZ")
     after = synthesizer.batch_sizes.remote().result()
     for stage, items in (("model", len(rois) + 1), ("vocoder", len(rois))):
         new = {size: n - before[stage].get(size, 0) for size, n in after[stage].items()}
         assert sum(size * n for size, n in new.items()) == items
         assert max(size for size, n in new.items() if n) > 1, f"{stage}: no shared batch {new}"
+
+
+def test_a_stage_clock_counts_its_block_and_the_threads_it_starts_not_the_others() -> None:
+    """Preprocess's stage CPU (what benchmarks/serve.py subtracts from the server's): the block's
+    thread and a thread it starts (as FFmpeg's decoder does) count; a thread already running (as
+    Ray's own do) does not, though it spins all along."""
+    from l2s.serve.deployments import StageClock
+
+    def burn(cpu_s: float) -> None:
+        start = time.thread_time()
+        while time.thread_time() - start < cpu_s:
+            pass
+
+    def spin() -> None:
+        while not stop.is_set():
+            pass
+
+    stop = threading.Event()
+    spinner = threading.Thread(target=spin)
+    spinner.start()
+    clock = StageClock()
+    try:
+        with clock.process("stage"):
+            started = threading.Thread(target=burn, args=(0.2,))
+            started.start()
+            started.join()
+            burn(0.1)
+    finally:
+        stop.set()
+        spinner.join()
+    assert 0.28 <= clock.seconds["stage"] <= 0.45, clock.seconds
 
 
 def test_unknown_speaker_is_refused_and_a_known_one_speaks(

@@ -13,6 +13,9 @@ per-clip functions `l2s speak` runs (`l2s.infer`), so the endpoint and the CLI s
                  (HiFi-GAN in one forward pass; Griffin-Lim gains nothing from a batch on a
                  CPU and runs its clips one by one).
 
+Each replica counts the CPU seconds its stages spend (`stage_cpu`), so that what the server
+spends beyond them, Ray's and HTTP's share, can be measured (benchmarks/serve.py).
+
 Letters in shape names: T video frames, H×W pixels, M mel bands, F mel frames, S samples,
 D speaker-embedding size.
 """
@@ -20,7 +23,13 @@ D speaker-embedding size.
 from __future__ import annotations
 
 import asyncio
+import os
+import threading
+import time
 from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
 
 import numpy as np
 from ray import serve
@@ -38,6 +47,61 @@ from l2s.serve.upload import Upload, local_copy
 from l2s.video import VideoError, probe
 
 
+def _other_threads_cpu_ns() -> dict[int, int]:
+    """CPU nanoseconds of every thread of this process but the calling one (Linux's per-thread
+    schedstat; empty elsewhere)."""
+    me, spent = threading.get_native_id(), {}
+    try:
+        tids = [int(tid) for tid in os.listdir("/proc/self/task")]
+    except FileNotFoundError:
+        return spent
+    for tid in tids:
+        if tid == me:
+            continue
+        try:
+            with open(f"/proc/self/task/{tid}/schedstat", "rb") as f:
+                spent[tid] = int(f.read().split()[0])
+        except (FileNotFoundError, ProcessLookupError):  # the thread has ended
+            continue
+    return spent
+
+
+class StageClock:
+    """CPU seconds a replica's stages have spent, by stage name, since it started."""
+
+    def __init__(self) -> None:
+        self.seconds: Counter[str] = Counter()
+
+    @contextmanager
+    def process(self, stage: str) -> Iterator[None]:
+        """The whole process's CPU while the block runs, less what threads that were already
+        running (Ray's own) spent meanwhile: the block's thread and any threads it starts (FFmpeg's
+        decoding threads). For a replica that runs one request at a time."""
+        before = _other_threads_cpu_ns()
+        start = time.process_time()
+        try:
+            yield
+        finally:
+            spent = time.process_time() - start
+            after = _other_threads_cpu_ns()
+            background = sum(after[tid] - before[tid] for tid in before.keys() & after.keys())
+            self.seconds[stage] += spent - background / 1e9
+
+    def thread(self, stage: str, fn: Callable[..., Any], *args: Any) -> Any:
+        """`fn(*args)`, its CPU counted as the calling thread's (torch on one thread: a replica
+        with less than two CPUs gets OMP_NUM_THREADS=1 from Ray)."""
+        start = time.thread_time()
+        try:
+            return fn(*args)
+        finally:
+            self.seconds[stage] += time.thread_time() - start
+
+
+def stage_cpu(clock: StageClock) -> tuple[str, dict[str, float]]:
+    """This replica's id and its stages' CPU seconds so far."""
+    return serve.get_replica_context().replica_id.unique_id, dict(clock.seconds)
+
+
 @serve.deployment(max_ongoing_requests=1)
 class Preprocess:
     """An uploaded video → (mouth ROIs roi_THW, fraction of frames with a face)."""
@@ -46,9 +110,13 @@ class Preprocess:
         self.cfg = cfg
         self.features = FeatureConfig()
         load_detector(self.features.face)  # once per replica, not on the first request
+        self.clock = StageClock()
+
+    def stage_cpu(self) -> tuple[str, dict[str, float]]:
+        return stage_cpu(self.clock)
 
     def rois(self, upload: Upload) -> tuple[np.ndarray, float]:
-        with local_copy(upload) as local:
+        with local_copy(upload) as local, self.clock.process("preprocess"):
             return self._rois(local)
 
     def _rois(self, upload: Upload) -> tuple[np.ndarray, float]:
@@ -95,13 +163,21 @@ class Synthesizer:
             batched.set_batch_wait_timeout_s(cfg.batch_wait_s)
         # How many batches of each size ran: what the benchmark and tests read to see batching.
         self.batches: dict[str, Counter[int]] = {"model": Counter(), "vocoder": Counter()}
+        self.clock = StageClock()
+
+    def stage_cpu(self) -> tuple[str, dict[str, float]]:
+        return stage_cpu(self.clock)
 
     def batch_sizes(self) -> dict[str, dict[int, int]]:
         return {stage: dict(counts) for stage, counts in self.batches.items()}
 
     async def speak(
-        self, roi_THW: np.ndarray, speaker: str | None = None
-    ) -> tuple[np.ndarray, str]:
+        self, rois: tuple[np.ndarray, float], speaker: str | None = None
+    ) -> tuple[np.ndarray, str, float]:
+        """What `Preprocess.rois` returned (the ROIs and the fraction of frames with a face) →
+        the speech wav_S, what the lips were read to say, and that fraction, passed through for
+        the ingress."""
+        roi_THW, face_ratio = rois
         try:
             speaker_D, _ = voice(self.model, None, speaker)
         except SpeakError as e:
@@ -111,7 +187,7 @@ class Synthesizer:
             *(self.windows(roi_THW[start : start + WINDOW], speaker_D) for start in starts)
         )
         said = self.model.blend(list(outputs), starts, len(roi_THW))
-        return await self.vocode(said.mel_MF), said.text
+        return await self.vocode(said.mel_MF), said.text, face_ratio
 
     # The batched calls run in a thread: torch and Griffin-Lim release the GIL, and the
     # replica's event loop stays free to gather the next batch while this one computes.
@@ -120,9 +196,11 @@ class Synthesizer:
         self, rois: list[np.ndarray], speakers: list[np.ndarray | None]
     ) -> list[WindowOutput]:
         self.batches["model"][len(rois)] += 1
-        return await asyncio.to_thread(self.model.window_outputs, rois, speakers)
+        return await asyncio.to_thread(
+            self.clock.thread, "model", self.model.window_outputs, rois, speakers
+        )
 
     @serve.batch
     async def vocode(self, mels: list[np.ndarray]) -> list[np.ndarray]:
         self.batches["vocoder"][len(mels)] += 1
-        return await asyncio.to_thread(self.vocoder.batch, mels)
+        return await asyncio.to_thread(self.clock.thread, "vocoder", self.vocoder.batch, mels)
