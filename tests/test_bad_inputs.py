@@ -410,7 +410,8 @@ def test_two_faces_keep_the_largest_and_record_both(media: Media) -> None:
 # --- one job over all of it ------------------------------------------------------------------
 
 
-@pytest.mark.timeout(300)
+# Generous: a loaded 2-core host starts Ray Data's workers slowly; a hang still ends here.
+@pytest.mark.timeout(600)
 def test_one_job_over_every_bad_input_finishes_and_accounts_for_each(
     ray_local, synth_corpus: Path, media: Media, tmp_path: Path
 ) -> None:
