@@ -192,6 +192,22 @@ def train(
     dropout: Annotated[
         float | None, typer.Option(help="Model dropout (default: the preset's).")
     ] = None,
+    text_conditioning: Annotated[
+        bool,
+        typer.Option(
+            help="The decoder attends to the lip-read text (noisy transcripts in training)."
+        ),
+    ] = False,
+    text_noise: Annotated[
+        float,
+        typer.Option(help="Fraction of transcript words misread in text-conditioned training."),
+    ] = 0.2,
+    grammar: Annotated[
+        str,
+        typer.Option(
+            help="How lips are read: auto (GRID's grammar for GRID), grid, lexicon, none."
+        ),
+    ] = "auto",
     init: Annotated[
         str | None,
         typer.Option(help="Start from this checkpoint's (or run's) weights: fine-tuning."),
@@ -208,8 +224,13 @@ def train(
     from l2s.models.lip2speech import PRESETS
 
     model = None
-    if dropout is not None and preset in PRESETS:
-        model = dataclasses.replace(PRESETS[preset](), dropout=dropout)
+    if (dropout is not None or text_conditioning) and preset in PRESETS:
+        sizes = PRESETS[preset]()
+        model = dataclasses.replace(
+            sizes,
+            dropout=sizes.dropout if dropout is None else dropout,
+            text_conditioning=text_conditioning,
+        )
     cfg = TrainConfig(
         dataset=dataset,
         out=out,
@@ -221,6 +242,8 @@ def train(
         lr=lr,
         warmup_steps=min(warmup_steps, steps - 1),
         time_mask=time_mask,
+        grammar=grammar,
+        text_noise=text_noise,
         val_every=val_every,
         ckpt_every=ckpt_every,
         strategy=strategy,
@@ -293,6 +316,52 @@ def train_vocoder(
     _print_run(run_training(cfg), ("val/pesq_wb", "val/stoi", "val/pesq_wb_gl", "val/stoi_gl"))
 
 
+@app.command("train-asr")
+def train_asr(
+    dataset: Annotated[
+        str, typer.Argument(help="Feature dataset directory: its mels and transcripts.")
+    ],
+    out: RunDir = "out/runs/asr",
+    preset: Annotated[str, typer.Option(help="Recognizer size: tiny (CPU) or base.")] = "tiny",
+    nodes: Nodes = 1,
+    gpus_per_node: GpusPerNode = 0,
+    workers: Annotated[int, typer.Option(help="CPU training workers (no GPUs).")] = 1,
+    steps: Steps = 4000,
+    time_budget: TimeBudget = None,
+    batch_size: Annotated[int, typer.Option(help="Clips per worker and step.")] = 16,
+    lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 2e-3,
+    grammar: Annotated[
+        str, typer.Option(help="How speech is read: auto (GRID's grammar for GRID), lexicon, none.")
+    ] = "auto",
+    val_every: ValEvery = 500,
+    ckpt_every: CkptEvery = 500,
+    seed: Seed = 0,
+) -> None:
+    """Train a CTC speech recognizer on a dataset's recordings (log-mels) and transcripts on Ray
+    Train; rerun to resume. `l2s score --asr RUN` scores WER with it."""
+    from l2s.train.asr import AsrTrainConfig
+    from l2s.train.asr import train_asr as run_training
+
+    cfg = AsrTrainConfig(
+        dataset=dataset,
+        out=out,
+        preset=preset,
+        grammar=grammar,
+        steps=steps,
+        batch_size=batch_size,
+        lr=lr,
+        warmup_steps=min(200, steps - 1),
+        val_every=val_every,
+        ckpt_every=ckpt_every,
+        nodes=nodes,
+        gpus_per_node=gpus_per_node,
+        workers=workers,
+        time_budget_min=time_budget,
+        seed=seed,
+    )
+    _print_run(run_training(cfg), ("val/wer", "val/cer", "val/wer_greedy", "train/ctc"))
+
+
 @app.command()
 def generate(
     dataset: Annotated[str, typer.Argument(help="Feature dataset directory.")],
@@ -330,7 +399,8 @@ def score(
         str,
         typer.Option(
             help="WER/CER with pocketsphinx: auto (the GRID grammar when every transcript is a "
-            "GRID sentence, else the open LM), grid, open, or none."
+            "GRID sentence, else the open LM), grid, open; or a recognizer run of l2s train-asr; "
+            "or none."
         ),
     ] = "auto",
     report: Annotated[
@@ -339,13 +409,17 @@ def score(
 ) -> None:
     """Score generated speech against the recordings, with ground-truth-mel and mean-mel baselines;
     print the summary and write an HTML report."""
+    from l2s.evaluate.asr import ASRError, load_recognizer
     from l2s.evaluate.report import write_report
     from l2s.evaluate.split import ASR_MODES, print_summary, score_results
     from l2s.pipeline.runtime import connect
 
     if asr not in (*ASR_MODES, "none"):
-        console.print(f"[red]error:[/] --asr {asr!r}: use one of {', '.join(ASR_MODES)}, none")
-        raise typer.Exit(2)
+        try:
+            load_recognizer(asr)
+        except ASRError as e:
+            console.print(f"[red]error:[/] --asr {e}; or auto, none")
+            raise typer.Exit(2) from e
     connect()
     rows = [
         row for folder in results for row in score_results(folder, None if asr == "none" else asr)
@@ -389,9 +463,12 @@ def speak(
     ] = None,
     speaker: Speaker = None,
     vocoder: Vocoder = None,
+    text: Annotated[
+        Path | None, typer.Option(help="Also write the lip-read transcript to this file.")
+    ] = None,
 ) -> None:
     """Speak for one video: mouth ROIs → mel → waveform (Griffin-Lim or HiFi-GAN), any frame rate
-    or length."""
+    or length; print what the lips were read to say."""
     from l2s.infer import SpeakError
     from l2s.infer.speak import speak as run_speak
 
@@ -400,9 +477,12 @@ def speak(
     except SpeakError as e:
         console.print(f"[red]error:[/] {e}")
         raise typer.Exit(1) from e
+    if text is not None:
+        text.write_text(spoken.text + "\n")
     console.print(
         f"wrote {spoken.wav}: {spoken.seconds:.2f} s of speech; face on {spoken.face_ratio:.0%} of "
-        f"frames; voice: {spoken.voice}; real-time factor {spoken.real_time_factor:.2f}"
+        f"frames; voice: {spoken.voice}; real-time factor {spoken.real_time_factor:.2f}\n"
+        f"lips read: {spoken.text!r}{f' (→ {text})' if text else ''}"
     )
 
 
@@ -435,11 +515,20 @@ def dub(
         bool, typer.Option(help="Also redo videos that failed for good in earlier runs.")
     ] = False,
     vocoder: Vocoder = None,
+    asr: Annotated[
+        str,
+        typer.Option(
+            help="The sidecars' WER/CER recognizer: auto (pocketsphinx, GRID's grammar for a "
+            "GRID model), grid, open, a recognizer run of l2s train-asr, or none."
+        ),
+    ] = "auto",
 ) -> None:
     """Give speech to every video under SRC not yet dubbed into DST, on Ray (rerun to resume):
-    the video stream copied, the speech as its audio track, a JSON sidecar beside each. With
+    the video stream copied, the speech as its audio track, a JSON sidecar beside each (with the
+    lip-read text, and WER of the speech against the source's own audio where it has one). With
     --speech-dir and --lipsync: each video's own speech file instead, and its lips re-drawn."""
     from l2s.dub import DubConfig, run_dub
+    from l2s.evaluate.asr import ASRError
     from l2s.infer import SpeakError
 
     try:
@@ -452,9 +541,10 @@ def dub(
             workers=workers or None,
             retry_failed=retry_failed,
             vocoder=vocoder,
+            asr=asr,
         )
         run_dub(src, dst, cfg)
-    except (SpeakError, ValueError, FileNotFoundError) as e:
+    except (SpeakError, ValueError, FileNotFoundError, ASRError) as e:
         console.print(f"[red]error:[/] {e}")
         raise typer.Exit(1) from e
 

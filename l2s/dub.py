@@ -14,8 +14,9 @@ For each video under SRC (.mp4 .mov .mkv .avi .webm; local or s3://) that the le
 list as finished: speak for it (`l2s.infer.speak`, the model loaded once per worker), mux the speech in
 as its only audio track with the video stream copied (`l2s.video.mux_audio`), and write
 `DST/<relative path>.mp4` with a JSON sidecar `DST/<relative path>.json` beside it (checkpoint,
-step, model config, voice, durations, compute time, and scores against the source's own audio
-track where it has one). Videos are spread over a pool of Ray actors; a local Ray on 2 cores
+step, model config, voice, durations, compute time, the text the lips were read to say, and
+scores against the source's own audio track where it has one: STOI, PESQ, MCD, and WER / CER of
+what a recognizer hears in the speech against what it hears in that track). Videos are spread over a pool of Ray actors; a local Ray on 2 cores
 runs it as well as a GPU cluster.
 
 The ledger is `DST/_ledger/`: one small JSON record per video, `done/<name>.json` or
@@ -78,7 +79,7 @@ LEDGER = "_ledger"
 # Stages whose failures have passing causes: the next run tries these videos again (a speech
 # file missing from --speech-dir may be uploaded later).
 RETRIED_STAGES = ("read", "write", "internal", "speech")
-SCORE_KEYS = ("stoi", "estoi", "pesq_wb", "pesq_nb", "mcd", "duration_s")
+SCORE_KEYS = ("stoi", "estoi", "pesq_wb", "pesq_nb", "mcd", "wer", "cer", "duration_s")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -140,6 +141,10 @@ class DubConfig:
     workers: int | None = None  # model actors; None: one per GPU, else one per CPU
     retry_failed: bool = False  # also redo videos that failed for good in earlier runs
     vocoder: str | None = None  # an `l2s.infer.vocoder` spec; None: Griffin-Lim
+    # The recognizer of the sidecars' WER (`l2s.evaluate.asr.load_recognizer`): auto (pocketsphinx
+    # with GRID's grammar when the model reads lips with it, else its open LM), grid, open, a
+    # recognizer run of `l2s train-asr`, or none.
+    asr: str = "auto"
     features: FeatureConfig = field(default_factory=FeatureConfig)
 
     def __post_init__(self) -> None:
@@ -171,6 +176,7 @@ class DubPlan:
     features: FeatureConfig
     run: str
     vocoder: str  # the vocoder's own name: a HiFi-GAN run resolved to its checkpoint now
+    asr: str | None  # the recognizer spec (auto resolved), None: no WER
     speech: dict[str, str] | None = None  # video path without suffix → its speech file's URI
 
 
@@ -321,8 +327,12 @@ def _fetch(uri: str, folder: str, name: str = "source") -> str:
     return local
 
 
-def _scores(source: str, info: VideoInfo, wav: str) -> tuple[dict | None, str]:
-    """Scores of the speech against the source's own audio track, or None and why there are none.
+def _scores(
+    source: str, info: VideoInfo, wav: str, recognizer=None
+) -> tuple[dict | None, str, dict | None]:
+    """Scores of the speech against the source's own audio track, or None and why there are none;
+    and what the recognizer (an `ASRBackend`) heard in both, the track's words being the reference
+    of WER / CER (the source has no transcript).
 
     The track is what was said while the lips moved, when the source has one (a damaged or
     re-recorded track scores low for reasons of its own).
@@ -330,19 +340,36 @@ def _scores(source: str, info: VideoInfo, wav: str) -> tuple[dict | None, str]:
     from l2s.evaluate.metrics import nan_reasons_of, score_utterance
 
     if not info.has_audio:
-        return None, "the source has no audio track to compare with"
+        return None, "the source has no audio track to compare with", None
     try:
         reference_S = load_audio(source)
     except AudioError as e:
-        return None, f"the source's audio track cannot be decoded ({e})"
-    row = score_utterance(reference_S, load_audio(wav))
+        return None, f"the source's audio track cannot be decoded ({e})", None
+    speech_S = load_audio(wav)
+    heard = None
+    if recognizer is not None:
+        heard = {
+            "recognizer": recognizer.name,
+            "source": recognizer.transcribe(reference_S),
+            "speech": recognizer.transcribe(speech_S),
+        }
+    row = score_utterance(
+        reference_S,
+        speech_S,
+        transcript=None if heard is None else heard["source"],
+        hypothesis=None if heard is None else heard["speech"],
+    )
     scores = {k: None if math.isnan(row[k]) else round(float(row[k]), 4) for k in SCORE_KEYS}
     reasons = nan_reasons_of(str(row["nan_reasons"]))
-    return scores, "; ".join(f"{k}: {why}" for k, why in reasons.items() if k in SCORE_KEYS)
+    note = "; ".join(f"{k}: {why}" for k, why in reasons.items() if k in SCORE_KEYS)
+    return scores, note, heard
 
 
-def dub_video(model: SpeechModel, plan: DubPlan, video: SourceVideo) -> LedgerRecord:
+def dub_video(
+    model: SpeechModel, plan: DubPlan, video: SourceVideo, recognizer=None
+) -> LedgerRecord:
     """One source video → its dubbed mp4, sidecar and ledger record (the record written last).
+    `recognizer` (an `ASRBackend`, loaded once per worker): the sidecar's WER / CER.
 
     Returns the record: what is wrong with a video, or with reading or writing it, is a failure
     record with its stage and reason. Anything else is a bug and raises (the driver records it).
@@ -360,7 +387,7 @@ def dub_video(model: SpeechModel, plan: DubPlan, video: SourceVideo) -> LedgerRe
             spoken = speak_with(
                 model, (plan.voice_D, plan.voice), source, wav, plan.features, start, plan.vocoder
             )
-            scores, no_scores = _scores(source, info, wav)
+            scores, no_scores, heard = _scores(source, info, wav, recognizer)
             stage = "mux"
             mux_audio(source, wav, out)
             stage = "write"
@@ -385,9 +412,11 @@ def dub_video(model: SpeechModel, plan: DubPlan, video: SourceVideo) -> LedgerRe
                 "source_video": asdict(info),
                 "video_stream": "copied",
                 "face_ratio": round(spoken.face_ratio, 4),
+                "text": spoken.text,
                 "compute_seconds": record.compute_seconds,
                 "scores": scores,
                 "scores_note": no_scores,
+                "asr": heard,
                 "finished_at": record.finished_at,
                 "run": plan.run,
             }
@@ -475,21 +504,26 @@ class Dubber:
     def __init__(self, plan: DubPlan) -> None:
         import torch
 
+        from l2s.evaluate.asr import load_recognizer
+
         self.plan = plan
         device = "cuda" if torch.cuda.is_available() else "cpu"
         if plan.speech is None:
             self.model = SpeechModel.load(plan.checkpoint, device)
+            self.recognizer = None if plan.asr is None else load_recognizer(plan.asr)
         else:
             self.lips = LipSyncModel.load(plan.checkpoint, device)
 
     def dub(self, video: SourceVideo) -> LedgerRecord:
         if self.plan.speech is None:
-            return dub_video(self.model, self.plan, video)
+            return dub_video(self.model, self.plan, video, self.recognizer)
         return lipsync_video(self.lips, self.plan, video)
 
 
 def make_plan(dst: str, cfg: DubConfig) -> DubPlan:
-    """Fix the checkpoint (a run directory's latest, now) and the voice, once for the whole run."""
+    """Fix the checkpoint (a run directory's latest, now), the voice and the recognizer, once for
+    the whole run."""
+    from l2s.evaluate.asr import load_recognizer
     from l2s.infer.checkpoint import read_config
 
     run = f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{socket.gethostname()}-{os.getpid()}"
@@ -510,6 +544,7 @@ def make_plan(dst: str, cfg: DubConfig) -> DubPlan:
             features=cfg.features,
             run=run,
             vocoder="",
+            asr=None,  # the speech is the given file's: nothing to recognise
             speech=speech_files(cfg.speech_dir),
         )
     speech_model = SpeechModel.load(cfg.checkpoint)
@@ -527,6 +562,14 @@ def make_plan(dst: str, cfg: DubConfig) -> DubPlan:
         "model_config": config["model_config"],
         "train_config": config["train_config"],
     }
+    asr: str | None = cfg.asr
+    if asr == "auto":
+        reads_grid = speech_model.grammar is not None and speech_model.grammar.name == "grid"
+        asr = "grid" if reads_grid else "open"
+    elif asr == "none":
+        asr = None
+    else:
+        load_recognizer(asr)  # a bad spec is refused before any worker starts
     return DubPlan(
         dst=storage.normalize(dst),
         checkpoint=speech_model.checkpoint,
@@ -536,6 +579,7 @@ def make_plan(dst: str, cfg: DubConfig) -> DubPlan:
         features=cfg.features,
         run=run,
         vocoder=load_vocoder(cfg.vocoder).name,
+        asr=asr,
     )
 
 

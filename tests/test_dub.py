@@ -211,10 +211,16 @@ def test_dub_a_folder_then_rerun_does_nothing(
         assert sidecar["model"]["step"] == 0 and sidecar["model"]["model_config"]
         assert sidecar["voice"].startswith("average of") and sidecar["video_stream"] == "copied"
         assert sidecar["durations"]["video_s"] > 1 and sidecar["compute_seconds"] > 0
+        assert isinstance(sidecar["text"], str)  # what the lips were read to say
         if source.endswith(".mkv"):
             assert sidecar["scores"] is None and "no audio track" in sidecar["scores_note"]
+            assert sidecar["asr"] is None
         else:
             assert 0 <= sidecar["scores"]["stoi"] <= 1, sidecar["scores"]
+            # WER against what the same recognizer hears in the source's own audio track.
+            asr = sidecar["asr"]
+            assert asr["recognizer"].endswith("grid-jsgf") and asr["source"]
+            assert sidecar["scores"]["wer"] is not None or "wer: " in sidecar["scores_note"]
     expected = (
         {f"{stem}.{ext}" for stem in good.values() for ext in ("mp4", "json")}
         | _ledger_names(list(good), "done")

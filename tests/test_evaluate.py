@@ -28,7 +28,7 @@ from l2s.evaluate.asr import (
     mode_for_transcripts,
 )
 from l2s.evaluate.metrics import MetricUnavailable, nan_reasons_of
-from l2s.evaluate.split import print_summary, reference_audio, summarize
+from l2s.evaluate.split import print_summary, reference_audio, summarize, summary_cells
 from l2s.features import FeatureConfig, decode_clip
 from l2s.schema import ManifestRow
 
@@ -228,6 +228,8 @@ def test_every_nan_in_a_score_row_says_why(speech: np.ndarray) -> None:
         "speaker_similarity": "no speaker encoder",
         "wer": "no transcript",
         "cer": "no transcript",
+        "vsr_wer": "no transcript",
+        "vsr_cer": "no transcript",
     }
     embedding_D = np.ones(256, np.float32) / 16
     no_voice = MetricUnavailable("no speaker embedding of the mean_mel speech (silent)")
@@ -242,7 +244,28 @@ def test_every_nan_in_a_score_row_says_why(speech: np.ndarray) -> None:
     assert unexplained_nans(row) == []
     assert reasons["speaker_similarity"] == str(no_voice)
     assert reasons["wer"] == reasons["cer"] == "no recognizer"
+    assert reasons["vsr_wer"] == reasons["vsr_cer"] == "not read from lips"
     assert reasons["pesq_wb"] == "generated signal is silent"
+
+
+def test_lip_reading_is_scored_for_the_system_that_reads_lips(speech: np.ndarray) -> None:
+    """The lips' reading has a WER of its own (VSR), pooled like WER, in l2s's row only; the other
+    systems read no lips, and no note calls that missing."""
+    reads = {"0": "BIN BLUE AT F TWO NOW", "1": "SET RED"}  # 0 of 6 and 2 of 4 words wrong
+    truth = {"0": "BIN BLUE AT F TWO NOW", "1": "SET RED BY G"}
+    rows = [
+        scored(clip, system, speech, speech, transcript=truth[clip], hypothesis=truth[clip],
+               lip_text=reads[clip] if system == "l2s" else None)
+        for clip in reads
+        for system in ("recording", "l2s")
+    ]  # fmt: skip
+    summary = summarize(rows)
+    lipread = summary.means[("test", "l2s")]
+    assert lipread["vsr_wer"].value == pytest.approx(2 / 10)  # pooled, not (0 + 0.5) / 2
+    assert lipread["wer"].value == 0.0 and "vsr_wer" not in summary.means[("test", "recording")]
+    assert not any("vsr" in note for note in summary.notes)
+    header, _ = summary_cells(summary)
+    assert header[-2:] == ["vsr_wer", "vsr_cer"]
 
 
 def scored(clip: str, system: str, reference_S, generated_S, **text) -> dict:

@@ -93,6 +93,14 @@ def test_generate_and_score_a_split_with_both_baselines(
         assert rate == AUDIO.sample_rate
         assert len(wav_S) == features[record["id"]].n_frames * SAMPLES_PER_FRAME
 
+    # Every clip carries what its lips were read to say, read with the corpus's grammar.
+    model = SpeechModel.load(checkpoint)
+    assert model.grammar is not None and model.grammar.name == "grid"
+    rois = {i: f.roi_THW() for i, f in features.items()}
+    for record in records:
+        (window,) = model.window_outputs([rois[record["id"]]], [None])
+        assert record["text"] == model.read(window.log_probs_VT) and record["heard"] == "lips"
+
     rows = score_results(str(out))
     assert len(rows) == 4 * len(records)
     assert {(r["id"], r["system"]) for r in rows} == {
@@ -100,6 +108,10 @@ def test_generate_and_score_a_split_with_both_baselines(
     }
     assert pq.read_table(out / SCORES_FILE).num_rows == len(rows)
     summary = summarize(rows).means
+    # Lip reading is scored for l2s alone: pooled over the transcripts' words.
+    assert "vsr_wer" in summary[("test", "l2s")] and "vsr_cer" in summary[("test", "l2s")]
+    assert not any("vsr_wer" in summary[("test", s)] for s in ("recording", "gt_mel", "mean_mel"))
+    assert {r["lip_text"] for r in rows if r["system"] == "l2s"} == {r["text"] for r in records}
     ceiling, floor = summary[("test", "gt_mel")], summary[("test", "mean_mel")]
     # The vocoder's ceiling against the recording, and a constant predictor well below it.
     assert ceiling["stoi"][0] > 0.9 and ceiling["estoi"][0] > 0.8
@@ -173,6 +185,7 @@ def test_a_split_is_generated_as_speak_speaks_a_clip_longer_than_a_window(
     generated_S, _ = sf.read(record["wav"], dtype="float32")
     spoken_S, _ = sf.read(spoken.wav, dtype="float32")
     assert record["speaker_source"] == "train mean"
+    assert record["text"] == spoken.text  # read once from the windows' cross-faded CTC output
     assert generated_S.shape == spoken_S.shape == (n_frames * SAMPLES_PER_FRAME,)
     np.testing.assert_allclose(generated_S, spoken_S, atol=2e-3)
 
@@ -194,6 +207,86 @@ def test_speak_gives_a_wav_of_each_real_clips_length(
         wav_S, _ = sf.read(spoken.wav)
         assert len(wav_S) == n_frames * SAMPLES_PER_FRAME, clip.name
         assert spoken.face_ratio >= 0.95 and np.isfinite(wav_S).all()
+
+
+def test_speak_writes_what_the_lips_say(
+    real_clips: list[Path], checkpoint: str, tmp_path: Path
+) -> None:
+    out, text = tmp_path / "speech.wav", tmp_path / "said.txt"
+    command = ["speak", str(real_clips[0]), "--checkpoint", checkpoint, "--out", str(out)]
+    result = CliRunner().invoke(app, [*command, "--text", str(text)])
+    assert result.exit_code == 0, result.output
+    model = SpeechModel.load(checkpoint)
+    roi_THW, _ = mouth_rois(str(real_clips[0]), FeatureConfig())
+    (said,) = model.speech([roi_THW], [None])
+    assert text.read_text() == said.text + "\n"
+    assert f"lips read: {said.text!r}" in result.output
+
+
+def test_the_oracle_hears_the_transcript_and_the_user_never_does(
+    synth_features: str, tmp_path: Path
+) -> None:
+    from l2s.models.lip2speech import tiny as tiny_model
+    from l2s.models.text import normalize_text
+    from l2s.pipeline.generate import generate_clips
+    from l2s.train import initial_checkpoint
+
+    run = initial_checkpoint(
+        synth_features,
+        str(tmp_path / "run"),
+        model=dataclasses.replace(tiny_model(), text_conditioning=True),
+    )
+    model = SpeechModel.load(run)
+    assert model.network.cfg.text_conditioning
+    row = shards.read_features(synth_features, split="test")[0]
+    clip = {**vars(row)}
+    voices = {row.id: (None, "none")}
+    lips = generate_clips(model, [clip], voices, {}, str(tmp_path / "lips"))[0]
+    oracle = generate_clips(model, [clip], voices, {}, str(tmp_path / "oracle"), oracle_text=True)[
+        0
+    ]
+    assert (lips["heard"], oracle["heard"]) == ("lips", "transcript")
+    (heard,) = model.speech([row.roi_THW()], [None], texts=[normalize_text(row.transcript)])
+    np.testing.assert_array_equal(mel_of(oracle, "mel"), heard.mel_MF)
+    (read,) = model.speech([row.roi_THW()], [None])
+    np.testing.assert_array_equal(mel_of(lips, "mel"), read.mel_MF)
+    assert read.text != normalize_text(row.transcript)  # an untrained model misreads it
+    assert np.abs(mel_of(lips, "mel") - mel_of(oracle, "mel")).max() > 1e-4
+
+
+def test_a_flow_head_samples_with_guidance_and_a_recognizer_steering(
+    synth_features: str, tmp_path: Path
+) -> None:
+    from l2s.infer.sampling import FlowSampling
+    from l2s.models.asr import SpeechRecognizer
+    from l2s.models.asr import tiny as tiny_asr
+    from l2s.models.lip2speech import tiny as tiny_model
+    from l2s.train import initial_checkpoint
+
+    sizes = dataclasses.replace(tiny_model(), text_conditioning=True, flow_head=True)
+    model = SpeechModel.load(initial_checkpoint(synth_features, str(tmp_path / "run"), model=sizes))
+    torch.nn.init.normal_(model.network.flow.out.weight, std=0.05)  # untrained: a velocity at all
+    rows = shards.read_features(synth_features, split="test")[:2]
+    rois = [r.roi_THW() for r in rows]
+
+    def mels(**sampling: float) -> list[np.ndarray]:
+        model.sampling = FlowSampling(steps=4, **sampling)
+        return model.mels(rois, [None, None])
+
+    plain = mels()
+    assert [m.shape for m in plain] == [(AUDIO.n_mels, 4 * r.n_frames) for r in rows]
+    np.testing.assert_array_equal(plain[0], mels()[0])  # seeded: the same speech every time
+    with torch.no_grad():
+        regression = model.network(normalize_video(torch.from_numpy(crop(rois[0], None))[None]))
+    assert np.abs(plain[0] - regression.mel_post_BMF[0].numpy()).max() > 0.1  # a sample, not it
+    guided = mels(video_guidance=2.0, text_guidance=3.0)
+    assert np.abs(guided[0] - plain[0]).max() > 1e-3
+    with pytest.raises(ValueError, match="needs a recognizer"):
+        mels(asr_scale=1.0)
+    model.guide = SpeechRecognizer(tiny_asr()).eval()
+    steered = mels(asr_scale=1.0)
+    assert all(np.isfinite(m).all() for m in steered)
+    assert np.abs(steered[0] - plain[0]).max() > 1e-3
 
 
 def test_speak_chunks_a_long_silent_video(

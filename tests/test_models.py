@@ -14,6 +14,9 @@ import pytest
 import torch
 
 from l2s.config import MELS_PER_FRAME
+from l2s.models.asr import SpeechRecognizer
+from l2s.models.asr import tiny as asr_tiny
+from l2s.models.flow import FlowHead, flow_matching_loss, sample
 from l2s.models.frontend import normalize_video
 from l2s.models.lip2speech import (
     Lip2Speech,
@@ -24,7 +27,14 @@ from l2s.models.lip2speech import (
     tiny,
 )
 from l2s.models.losses import LossConfig, ctc_loss, lip2speech_loss
-from l2s.models.text import VOCAB, decode_ctc, encode_batch, encode_text, normalize_text
+from l2s.models.text import (
+    VOCAB,
+    decode_ctc,
+    encode_batch,
+    encode_text,
+    greedy_ids,
+    normalize_text,
+)
 
 torch.set_num_threads(2)
 
@@ -234,3 +244,142 @@ def test_tiny_model_overfits_a_small_batch() -> None:
     )
     assert losses[-1] < 0.5 * losses[0]
     assert parts["post_l1"] < 0.6 * 0.8  # |N(0,1)| averages 0.8: well below predicting zeros
+
+
+# ---- text conditioning ------------------------------------------------------------------------
+
+
+def test_text_conditioning_is_off_by_default_and_adds_only_its_own_parts() -> None:
+    plain = Lip2Speech(tiny())
+    texted = Lip2Speech(dataclasses.replace(tiny(), text_conditioning=True))
+    assert plain.text_attention is None
+    extra = set(texted.state_dict()) - set(plain.state_dict())
+    assert extra and all(name.startswith("text_attention.") for name in extra)
+    assert set(plain.state_dict()) <= set(texted.state_dict())
+
+
+def test_the_text_changes_the_mel_and_its_padding_does_not() -> None:
+    model = _tiny_model(text_conditioning=True).eval()
+    T = 10
+    video_BTHW, speaker_BD = _inputs(2, T)
+    lengths_B = torch.tensor([T, T])
+    with torch.no_grad():
+        said = model(video_BTHW, lengths_B, speaker_BD, *encode_batch(["BIN BLUE", "SET RED"]))
+        other = model(video_BTHW, lengths_B, speaker_BD, *encode_batch(["LAY GREEN", "SET RED"]))
+        # The second clip's text padded to a longer batch: the same mel.
+        longer = model(
+            video_BTHW, lengths_B, speaker_BD, *encode_batch(["BIN BLUE AT F TWO", "SET RED"])
+        )
+        none = model(video_BTHW, lengths_B, speaker_BD, *encode_batch(["", ""]))
+        read = model(video_BTHW, lengths_B, speaker_BD)  # its own greedy reading
+        encoded = model.encode(video_BTHW, lengths_B, speaker_BD)
+        again = model.decode(encoded, *greedy_ids(encoded.ctc_logits_BTV, lengths_B))
+    assert (said.mel_post_BMF[0] - other.mel_post_BMF[0]).abs().max() > 1e-4
+    torch.testing.assert_close(said.mel_post_BMF[1], other.mel_post_BMF[1])
+    torch.testing.assert_close(said.mel_post_BMF[1], longer.mel_post_BMF[1], atol=1e-5, rtol=1e-5)
+    assert torch.isfinite(none.mel_post_BMF).all()
+    torch.testing.assert_close(read.mel_post_BMF, again.mel_post_BMF)
+    with pytest.raises(ValueError, match="text-conditioned"):
+        model.decode(encoded)
+
+
+def test_a_text_conditioned_model_learns_from_its_text() -> None:
+    """Two clips with the same video and different texts and targets: only the text can tell them
+    apart, so fitting both needs the text path."""
+    model = _tiny_model(text_conditioning=True, dropout=0.0, speaker_dropout=0.0).train()
+    T = 8
+    video_BTHW, speaker_BD = _inputs(1, T, seed=3)
+    video_BTHW, speaker_BD = video_BTHW.expand(2, -1, -1, -1), speaker_BD.expand(2, -1)
+    g = torch.Generator().manual_seed(4)
+    mel_BMF = torch.randn(1, 80, T * MELS_PER_FRAME, generator=g).expand(2, -1, -1).clone()
+    mel_BMF[1] = -mel_BMF[1]
+    text = encode_batch(["BIN BLUE", "SET RED"])
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(60):
+        out = model(video_BTHW, None, speaker_BD, *text)
+        loss, parts = lip2speech_loss(out, mel_BMF)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    # Without the text the best is the mean of ±mel, i.e. zeros: |N(0,1)| averages 0.8.
+    assert parts["post_l1"] < 0.4
+
+
+# ---- speech recognizer ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("subsample", [1, 2, 4])
+def test_recognizer_frames_lengths_and_padding(subsample: int) -> None:
+    torch.manual_seed(0)
+    model = SpeechRecognizer(dataclasses.replace(asr_tiny(), subsample=subsample)).eval()
+    F, short = 41, 23
+    mel_BMF = torch.randn(2, 80, F)
+    mel_BMF[1, :, short:] = 100.0  # padding holds anything
+    with torch.no_grad():
+        logits_BTV, lengths_B = model(mel_BMF, torch.tensor([F, short]))
+        alone_BTV, alone_B = model(mel_BMF[1:, :, :short], torch.tensor([short]))
+    assert lengths_B.tolist() == [-(-F // subsample), -(-short // subsample)]
+    assert logits_BTV.shape == (2, -(-F // subsample), len(VOCAB))
+    n = int(alone_B[0])
+    torch.testing.assert_close(logits_BTV[1, :n], alone_BTV[0], atol=1e-4, rtol=1e-4)
+    assert logits_BTV[1, n:].eq(0).all()
+
+
+def test_recognizer_learns_to_spell_two_clips() -> None:
+    torch.manual_seed(0)
+    model = SpeechRecognizer(asr_tiny()).train()
+    mel_BMF = torch.randn(2, 80, 120, generator=torch.Generator().manual_seed(5))
+    targets_BL, target_lengths_B = encode_batch(["BIN BLUE", "SET RED"])
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(80):
+        logits_BTV, lengths_B = model(mel_BMF)
+        loss = ctc_loss(logits_BTV, lengths_B, targets_BL, target_lengths_B)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    with torch.no_grad():
+        assert decode_ctc(*model(mel_BMF)) == ["BIN BLUE", "SET RED"]
+
+
+# ---- flow-matching head -----------------------------------------------------------------------
+
+
+def test_flow_head_is_off_by_default_and_trains_inside_forward() -> None:
+    assert Lip2Speech(tiny()).flow is None
+    model = _tiny_model(flow_head=True).train()
+    T = 6
+    video_BTHW, speaker_BD = _inputs(2, T)
+    mel_BMF = torch.randn(2, 80, T * MELS_PER_FRAME)
+    out = model(video_BTHW, torch.tensor([T, 4]), speaker_BD, mel_BMF=mel_BMF)
+    assert out.flow_cond_BFC.shape == (2, T * MELS_PER_FRAME, model.cfg.decoder_dim + 80)
+    total, parts = lip2speech_loss(out, mel_BMF)
+    assert parts["flow"] > 0 and torch.isfinite(total)
+    total.backward()
+    assert model.flow.out.weight.grad.abs().sum() > 0
+    without = model(video_BTHW, torch.tensor([T, 4]), speaker_BD)
+    assert without.flow_loss is None and "flow" not in lip2speech_loss(without, mel_BMF)[1]
+
+
+def test_flow_sampling_reaches_the_targets_it_learned() -> None:
+    """Two conditions, two targets: after training, a 16-step Euler sample from noise lands near
+    each condition's target, and the unconditional velocity (zeros) lands between them."""
+    torch.manual_seed(0)
+    head = FlowHead(8, 4, 32, layers=1, heads=2, ffn_mult=2, kernel=3, dropout=0.0)
+    F = 6
+    cond_BFC = torch.zeros(2, F, 4)
+    cond_BFC[0, :, 0], cond_BFC[1, :, 1] = 1.0, 1.0
+    z1_BFM = torch.ones(2, F, 8)
+    z1_BFM[1] = -1.0
+    mask_BF = torch.ones(2, F, dtype=torch.bool)
+    optimizer = torch.optim.Adam(head.parameters(), lr=3e-3)
+    for _ in range(300):
+        loss = flow_matching_loss(head, z1_BFM, cond_BFC, mask_BF, uncond_prob=0.2)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        z_BFM = sample(head, [(cond_BFC, 1.0)], None, 16, 8, torch.Generator().manual_seed(1))
+        none_BFM = sample(head, [(torch.zeros_like(cond_BFC), 1.0)], None, 16, 8)
+    assert (z_BFM - z1_BFM).abs().mean() < 0.3
+    assert none_BFM.mean().abs() < 0.5

@@ -171,6 +171,7 @@ def test_speech_of_real_clips_is_as_long_as_the_video(server: str, real_clips: l
         assert rate == AUDIO.sample_rate and wav_S.ndim == 1
         assert len(wav_S) == frames_at_25(clip) * SAMPLES_PER_FRAME
         assert float(response.headers["x-face-ratio"]) > 0.9
+        assert set(response.headers["x-lip-text"]) <= set(" 'ABCDEFGHIJKLMNOPQRSTUVWXYZ")
         assert np.isfinite(wav_S).all() and np.abs(wav_S).max() > 0
 
 
@@ -204,9 +205,9 @@ def test_the_model_batches_clips_that_arrive_together(server: str, synth_corpus:
     before = synthesizer.batch_sizes.remote().result()
     responses = [synthesizer.speak.remote((roi_THW, 1.0)) for roi_THW in rois]
     for roi_THW, response in zip(rois, responses, strict=True):
-        wav_S, face_ratio = response.result()
+        wav_S, text, face_ratio = response.result()
         assert len(wav_S) == len(roi_THW) * SAMPLES_PER_FRAME and np.isfinite(wav_S).all()
-        assert face_ratio == 1.0
+        assert face_ratio == 1.0 and set(text) <= set(" 'ABCDEFGHIJKLMNOPQRSTUVWXYZ")
     after = synthesizer.batch_sizes.remote().result()
     for stage, items in (("model", len(rois) + 1), ("vocoder", len(rois))):
         new = {size: n - before[stage].get(size, 0) for size, n in after[stage].items()}

@@ -274,3 +274,45 @@ def test_deepspeed_zero2_bf16_on_a_gpu(toy: Path, tmp_path: Path, ray_local) -> 
     assert history[-1]["train/loss"] < history[0]["train/loss"]
     model, _, _ = load_checkpoint(summary.checkpoint)
     assert next(model.parameters()).dtype == torch.float32  # fp32 master weights, not bf16 copies
+
+
+def test_a_text_conditioned_flow_model_trains_on_noisy_text_and_loads_with_its_grammar(
+    toy: Path, tmp_path: Path
+) -> None:
+    import dataclasses
+
+    from l2s.infer.model import SpeechModel
+    from l2s.train.toy import WORDS
+
+    sizes = dataclasses.replace(tiny(), text_conditioning=True, flow_head=True)
+    cfg = TrainConfig(
+        dataset=str(toy), out=str(tmp_path / "texted"), model=sizes, grammar="lexicon",
+        text_noise=0.3, steps=12, batch_size=6, warmup_steps=2, val_every=12, ckpt_every=12,
+    )  # fmt: skip
+    summary = train(cfg, local=True)
+    assert summary.step == 12 and summary.metrics["train/flow"] > 0
+    model = SpeechModel.load(summary.run)
+    assert model.network.text_attention is not None and model.network.flow is not None
+    assert model.grammar.repeat and set(model.grammar.slots[0]) <= set(WORDS)
+
+
+def test_train_asr_resumes_and_its_recognizer_scores_speech(toy: Path, tmp_path: Path) -> None:
+    from l2s.evaluate.asr import ASRError, load_recognizer
+    from l2s.infer.recognizer import Recognizer
+    from l2s.train.asr import AsrTrainConfig, train_asr
+
+    base = dict(
+        dataset=str(toy), out=str(tmp_path / "asr"), batch_size=8, warmup_steps=2, val_every=5,
+        ckpt_every=5, n_val=4,
+    )  # fmt: skip
+    first = train_asr(AsrTrainConfig(**base, steps=5), local=True)
+    assert first.checkpoint.endswith("checkpoint_00000005") and "val/wer" in first.metrics
+    second = train_asr(AsrTrainConfig(**base, steps=10), local=True)
+    assert second.step == 10 and second.metrics["resumed_from"] == 5
+    recognizer = load_recognizer(base["out"])
+    assert isinstance(recognizer, Recognizer) and recognizer.step == 10
+    assert recognizer.name == "l2s-asr/asr@10/greedy"  # toy transcripts are no GRID sentences
+    heard = recognizer.transcribe(np.random.default_rng(0).normal(0, 0.1, 16000))
+    assert set(heard) <= set(" 'ABCDEFGHIJKLMNOPQRSTUVWXYZ")
+    with pytest.raises(ASRError, match="neither grid, open nor a recognizer"):
+        load_recognizer(str(tmp_path / "nothing"))

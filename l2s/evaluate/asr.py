@@ -1,5 +1,8 @@
 """Offline speech recognition for WER / CER: the ASR backend is named in every report.
 
+`load_recognizer(spec)`: "grid" or "open" (pocketsphinx, below), or a run or checkpoint of a
+recognizer `l2s train-asr` trained on a corpus's own recordings (`l2s.infer.recognizer`).
+
 `PocketSphinxASR` uses the en-US acoustic model, dictionary and trigram LM that ship inside the
 pocketsphinx 5.1 wheel (no download). Two modes:
   - "grid": a JSGF grammar of GRID's sentence pattern (command colour preposition letter digit
@@ -177,3 +180,20 @@ def mode_for_transcripts(transcripts: Iterable[str | None]) -> Mode | None:
     if not any(texts):
         return None
     return "grid" if all(t and is_grid_sentence(t) for t in texts) else "open"
+
+
+POCKETSPHINX_MODES = ("grid", "open")
+
+
+def load_recognizer(spec: str) -> ASRBackend:
+    """pocketsphinx for "grid" / "open", else the `l2s train-asr` run or checkpoint at `spec`."""
+    if spec in POCKETSPHINX_MODES:
+        return PocketSphinxASR(spec)
+    from l2s.infer.recognizer import Recognizer
+
+    try:
+        return Recognizer.load(spec)
+    except FileNotFoundError as e:
+        raise ASRError(
+            f"{spec}: neither grid, open nor a recognizer run (l2s train-asr) or checkpoint"
+        ) from e

@@ -236,6 +236,8 @@ SCORE_COLUMNS = (
     "speaker_similarity",
     "wer",
     "cer",
+    "vsr_wer",
+    "vsr_cer",
     "ref_words",
     "ref_chars",
     "nan_reasons",
@@ -256,12 +258,15 @@ def _similarity(reference: Embedding | None, generated: Embedding | None) -> flo
 
 
 def _text_error(
-    rate: Callable[[str, str], float], transcript: str | None, hypothesis: str | None
+    rate: Callable[[str, str], float],
+    transcript: str | None,
+    hypothesis: str | None,
+    missing: str = "no recognizer",
 ) -> float:
     if transcript is None:
         raise MetricUnavailable("no transcript")
     if hypothesis is None:
-        raise MetricUnavailable("no recognizer")
+        raise MetricUnavailable(missing)
     return rate(transcript, hypothesis)
 
 
@@ -274,12 +279,14 @@ def score_utterance(
     generated_embedding: Embedding | None = None,
     transcript: str | None = None,
     hypothesis: str | None = None,
+    lip_text: str | None = None,
 ) -> dict[str, float | int | str]:
     """All scores of one utterance as one flat row with the keys of `SCORE_COLUMNS`.
 
     Signal scores are always computed. `speaker_similarity` needs both embeddings (an embedding
     given as `MetricUnavailable` is its reason), `wer` / `cer` need the transcript and the ASR
-    hypothesis. Every NaN has its reason in `nan_reasons` ("pesq_wb: generated signal is silent;
+    hypothesis, `vsr_wer` / `vsr_cer` the transcript and the text read from the lips (`lip_text`,
+    for a system that reads them). Every NaN has its reason in `nan_reasons` ("pesq_wb: generated signal is silent;
     wer: no recognizer; …"; empty when nothing is NaN). `ref_words` / `ref_chars` let a report
     pool WER / CER over a split (Σ wer·ref_words / Σ ref_words) instead of averaging ratios.
     """
@@ -297,11 +304,13 @@ def score_utterance(
     for name, metric in SIGNAL_METRICS.items():
         attempt(name, lambda metric=metric: metric(reference_S, generated_S, sample_rate))
     attempt("speaker_similarity", lambda: _similarity(reference_embedding, generated_embedding))
-    if transcript is not None and hypothesis is not None:
+    if transcript is not None and (hypothesis is not None or lip_text is not None):
         normalized = normalize_transcript(transcript)
         row["ref_words"], row["ref_chars"] = len(normalized.split()), len(normalized)
     attempt("wer", lambda: _text_error(wer, transcript, hypothesis))
     attempt("cer", lambda: _text_error(cer, transcript, hypothesis))
+    attempt("vsr_wer", lambda: _text_error(wer, transcript, lip_text, "not read from lips"))
+    attempt("vsr_cer", lambda: _text_error(cer, transcript, lip_text, "not read from lips"))
     row["nan_reasons"] = "; ".join(reasons)
     return row
 

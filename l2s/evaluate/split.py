@@ -44,9 +44,13 @@ SCORES_FILE = "scores.parquet"
 # Folders (in a results folder) of each system's audio.
 AUDIO_DIRS = {"recording": "reference", "l2s": WAV_DIR, "gt_mel": "gt_mel", "mean_mel": "mean_mel"}
 SYSTEMS = ("recording", "l2s", "gt_mel", "mean_mel")
-SUMMARY_METRICS = ("stoi", "estoi", "pesq_wb", "pesq_nb", "mcd", "speaker_similarity", "wer", "cer")
+SUMMARY_METRICS = (
+    "stoi", "estoi", "pesq_wb", "pesq_nb", "mcd", "speaker_similarity", "wer", "cer", "vsr_wer",
+    "vsr_cer",
+)  # fmt: skip
 ALWAYS_SHOWN = ("wer", "cer")  # a table without them would hide that nothing recognised the words
-POOLED = {"wer": "ref_words", "cer": "ref_chars"}  # metric → the reference units it is pooled over
+# metric → the reference units it is pooled over
+POOLED = {"wer": "ref_words", "cer": "ref_chars", "vsr_wer": "ref_words", "vsr_cer": "ref_chars"}
 HEADERS = {"speaker_similarity": "spk_sim"}  # short column names for the printed table
 ASR_MODES = ("auto", "grid", "open")
 
@@ -112,6 +116,7 @@ def score_record(record: dict, results: str, recognizer=None, speaker_encoder=No
             generated_S,
             transcript=transcript,
             hypothesis=hypothesis,
+            lip_text=record.get("text") if system == "l2s" else None,
             reference_embedding=reference_D,
             generated_embedding=(
                 reference_D
@@ -127,6 +132,7 @@ def score_record(record: dict, results: str, recognizer=None, speaker_encoder=No
                 "system": system,
                 "hypothesis": hypothesis,
                 "asr": recognizer.name if hypothesis is not None else None,
+                "lip_text": record.get("text") if system == "l2s" else None,
                 **scores,
             }
         )
@@ -138,13 +144,11 @@ class ScoreBatch:
     per actor."""
 
     def __init__(self, results: str, asr: str | None) -> None:
+        from l2s.evaluate.asr import load_recognizer
         from l2s.speaker import SpeakerEncoder
 
-        self.results, self.recognizer = results, None
-        if asr is not None:
-            from l2s.evaluate.asr import PocketSphinxASR
-
-            self.recognizer = PocketSphinxASR(asr)
+        self.results = results
+        self.recognizer = None if asr is None else load_recognizer(asr)
         self.speaker_encoder = SpeakerEncoder()
 
     def __call__(self, batch: dict) -> pa.Table:
@@ -163,18 +167,19 @@ def score_results(
     """Score every generated clip of `results` in parallel on the current Ray (one actor per CPU);
     write `results/scores.parquet`.
 
-    `asr`: pocketsphinx (offline) for WER / CER: "grid" (the GRID grammar), "open" (its trigram
-    LM), "auto" (the grammar when every transcript is a GRID sentence, the LM otherwise, none
-    when no clip has a transcript) or None (no WER / CER).
+    `asr`: the recognizer for WER / CER: pocketsphinx (offline) with "grid" (the GRID grammar),
+    "open" (its trigram LM) or "auto" (the grammar when every transcript is a GRID sentence, the
+    LM otherwise, none when no clip has a transcript); a recognizer run or checkpoint of `l2s
+    train-asr`; or None (no WER / CER).
     """
     import ray
     from ray.data import ActorPoolStrategy
 
-    from l2s.evaluate.asr import mode_for_transcripts
+    from l2s.evaluate.asr import load_recognizer, mode_for_transcripts
     from l2s.pipeline.runtime import worker_env
 
     if asr is not None and asr not in ASR_MODES:
-        raise ValueError(f"unknown ASR {asr!r}: use one of {', '.join(ASR_MODES)} or None")
+        load_recognizer(asr)  # a bad spec is refused here, before any actor starts
     records = read_generated(results)
     if asr == "auto":
         asr = mode_for_transcripts(r["transcript"] for r in records)
@@ -276,7 +281,8 @@ def summarize(rows: list[dict]) -> Summary:
                 chosen = [valued[system][i] for i in sorted(paired)]
                 if chosen:
                     means[(split, system)][metric] = _mean(metric, chosen)
-            if any(len(valued[s]) < clips[(split, s)] for s in systems):
+            # A metric only some systems have at all (the lips' reading) is noted for those.
+            if any(len(valued[s]) < clips[(split, s)] for s in scored or systems):
                 header = HEADERS.get(metric, metric)
                 notes.append(
                     f"{split} {header}: means over {len(paired)} of {len(ids)} clips; "

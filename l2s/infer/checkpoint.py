@@ -3,9 +3,11 @@
 A checkpoint is a directory `checkpoint_<step>` in a run directory (Ray Train writes it there;
 `l2s.train.checkpoint` says what goes in and writes it):
   model.pt         plain `Lip2Speech` fp32 state dict + the exact TrainConfig / ModelConfig, the
-                   speaker table, the dataset's metadata, the training progress (nanoGPT's dict)
+                   speaker table, the grammar its lips are read with, the dataset's metadata, the
+                   training progress (nanoGPT's dict)
   vocoder.pt       a HiFi-GAN run's checkpoints hold this instead (`l2s.train.tasks.vocoder`)
   sync.pt          a sync expert's (`l2s.sync`), lipsync.pt a lip generator's (`l2s.lipsync`)
+  asr.pt           a speech recognizer run's (`l2s.train.tasks.asr`)
   config.json      the same configs, progress and metrics as JSON, for people and tools
 """
 
@@ -21,12 +23,14 @@ import torch
 
 from l2s import storage
 from l2s.infer.speakers import SpeakerTable
+from l2s.models.grammar import Grammar
 from l2s.models.lip2speech import Lip2Speech, ModelConfig
 
 MODEL_FILE = "model.pt"
 VOCODER_FILE = "vocoder.pt"  # a HiFi-GAN run's checkpoints hold this instead (tasks/vocoder.py)
 SYNC_FILE = "sync.pt"  # a sync expert's (tasks/sync.py)
 LIPSYNC_FILE = "lipsync.pt"  # a lip generator's (tasks/lipsync.py)
+ASR_FILE = "asr.pt"  # a speech recognizer run's (tasks/asr.py)
 CONFIG_FILE = "config.json"
 PREFIX = "checkpoint_"
 RAY_RECORD_FILE = "checkpoint_manager_snapshot.json"  # Ray Train V2's record of a run's checkpoints
@@ -124,10 +128,21 @@ def resolve(uri: str, file: str = MODEL_FILE) -> str:
     return latest
 
 
+def model_of(saved: dict, device: str | torch.device = "cpu") -> Lip2Speech:
+    """The network of a checkpoint dict (`read_model`), in eval mode on `device`."""
+    model = Lip2Speech(ModelConfig.from_dict(saved["model_config"]))
+    model.load_state_dict(saved["model"])
+    return model.to(device).eval()
+
+
+def grammar_of(saved: dict) -> Grammar | None:
+    """The grammar a checkpoint's lips are read with (None: greedy, as for checkpoints older
+    than grammars)."""
+    return Grammar.from_dict(saved["grammar"]) if saved.get("grammar") else None
+
+
 def load_model(uri: str, device: str | torch.device = "cpu") -> tuple[Lip2Speech, SpeakerTable]:
     """A trained model (eval mode, on `device`) and its speaker table, from a checkpoint or a run
     directory (its latest checkpoint), local or s3://."""
     saved = read_model(resolve(uri))
-    model = Lip2Speech(ModelConfig.from_dict(saved["model_config"]))
-    model.load_state_dict(saved["model"])
-    return model.to(device).eval(), SpeakerTable.from_dict(saved["speakers"])
+    return model_of(saved, device), SpeakerTable.from_dict(saved["speakers"])

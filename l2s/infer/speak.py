@@ -1,5 +1,6 @@
-"""One user video of any frame rate, resolution and length → speech.wav (`l2s speak`; `l2s dub`
-calls `speak_with` per video, the endpoint `mouth_rois` per request).
+"""One user video of any frame rate, resolution and length → speech.wav and the text its lips were
+read to say (`l2s speak`; `l2s dub` calls `speak_with` per video, the endpoint `mouth_rois` per
+request).
 
 The video goes through the same per-clip functions as preprocessing (25 fps by timestamp, frames
 downscaled as they are decoded, face landmarks, mouth ROI), in chunks, so an hour of video never
@@ -46,6 +47,7 @@ class Spoken:
     face_ratio: float
     voice: str
     compute_seconds: float
+    text: str  # what the lips were read to say (`SpeechModel.speech`)
 
     @property
     def real_time_factor(self) -> float:
@@ -175,8 +177,8 @@ def speak_with(
     _check_video(video)
     speaker_D, described = chosen_voice
     roi_THW, face_ratio = mouth_rois(video, cfg)
-    (mel_MF,) = model.mels([roi_THW], [speaker_D], progress=True)
-    wav_S = load_vocoder(vocoder)(mel_MF)
+    (said,) = model.speech([roi_THW], [speaker_D], progress=True)
+    wav_S = load_vocoder(vocoder)(said.mel_MF)
     write_wav(out, wav_S)
     return Spoken(
         wav=Path(out),
@@ -184,6 +186,7 @@ def speak_with(
         face_ratio=face_ratio,
         voice=described,
         compute_seconds=time.perf_counter() - start,
+        text=said.text,
     )
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from l2s.config import AUDIO, MELS_PER_FRAME
+from l2s.config import MELS_PER_FRAME
 
 # Model windows: 10 s, overlapping by 1 s; mels are cross-faded linearly over the overlap.
 WINDOW = 250
@@ -30,19 +30,22 @@ def window_starts(n_frames: int) -> list[int]:
     return [*range(0, n_frames - WINDOW, WINDOW - WINDOW_OVERLAP), n_frames - WINDOW]
 
 
-def blend_windows(mels: list[np.ndarray], starts: list[int], n_frames: int) -> np.ndarray:
-    """Mels of the windows at `starts`, cross-faded linearly where they overlap: M×(4·T)."""
+def blend_windows(
+    mels: list[np.ndarray], starts: list[int], n_frames: int, per_frame: int = MELS_PER_FRAME
+) -> np.ndarray:
+    """Mels of the windows at `starts`, cross-faded linearly where they overlap: M×(4·T). Any
+    C×(per_frame·T) arrays blend alike (the CTC log-probabilities V×T, with `per_frame` 1)."""
     if len(mels) == 1:
         return mels[0]
-    total_MF = np.zeros((AUDIO.n_mels, n_frames * MELS_PER_FRAME), np.float32)
-    weight_F = np.zeros(n_frames * MELS_PER_FRAME, np.float32)
-    ramp = WINDOW_OVERLAP * MELS_PER_FRAME
+    total_MF = np.zeros((mels[0].shape[0], n_frames * per_frame), np.float32)
+    weight_F = np.zeros(n_frames * per_frame, np.float32)
+    ramp = WINDOW_OVERLAP * per_frame
     for mel_MF, start in zip(mels, starts, strict=True):
         w_F = np.ones(mel_MF.shape[1], np.float32)
         w_F[:ramp] = np.minimum(w_F[:ramp], np.linspace(0.01, 1, ramp)) if start else 1.0
         if start + WINDOW < n_frames:
             w_F[-ramp:] = np.minimum(w_F[-ramp:], np.linspace(1, 0.01, ramp))
-        f0 = start * MELS_PER_FRAME
+        f0 = start * per_frame
         total_MF[:, f0 : f0 + mel_MF.shape[1]] += mel_MF * w_F
         weight_F[f0 : f0 + mel_MF.shape[1]] += w_F
     return total_MF / weight_F

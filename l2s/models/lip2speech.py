@@ -13,7 +13,15 @@ speaker; another utterance than the target one is the safer choice, since it mat
 Passing no embedding (or zeros) asks for the speaker-agnostic voice that `speaker_dropout` trains.
 
 Letters in shape names: B batch, T video frames, H×W pixels, C channels, F mel frames
-(F = 4·T, MELS_PER_FRAME), M mel bands, D speaker-embedding size, V CTC vocabulary size.
+(F = 4·T, MELS_PER_FRAME), M mel bands, D speaker-embedding size, V CTC vocabulary size,
+L characters of text.
+
+With `text_conditioning`, the features also attend to a text before the decoder (Hegde et al.'s
+idea): `forward` takes it (`text_BL`), and without one reads the clip's own CTC output greedily;
+`encode` then `decode` let a caller read the lips its own way (a grammar's beam search) in between.
+With `flow_head`, a flow-matching head (`l2s.models.flow`) learns to sample the mel, conditioned
+on the regression decoder's features and mel (its loss is computed in `forward` when the target
+mel is given, so that data-parallel wrappers see every parameter used in their forward).
 """
 
 from __future__ import annotations
@@ -27,9 +35,11 @@ from torch import nn
 from l2s.config import AUDIO, MELS_PER_FRAME
 from l2s.models.conformer import ConformerEncoder
 from l2s.models.decoder import Postnet, Upsampler
+from l2s.models.flow import FlowHead, flow_matching_loss
 from l2s.models.frontend import VisualFrontend
 from l2s.models.masking import check_lengths, lengths_to_mask
-from l2s.models.text import VOCAB
+from l2s.models.text import VOCAB, greedy_ids
+from l2s.models.text_condition import TextConditioning
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -60,6 +70,16 @@ class ModelConfig:
     speaker_dim: int = 256
     speaker_dropout: float = 0.1
     dropout: float = 0.1
+    # Text conditioning (`l2s.models.text_condition`), off by default: the encoder's features attend
+    # to characters (lip-read at inference) before the mel decoder.
+    text_conditioning: bool = False
+    text_layers: int = 1
+    text_attention_layers: int = 2
+    # A flow-matching mel head (`l2s.models.flow`), off by default, beside the regression decoder
+    # it is conditioned on; training drops its condition for `flow_uncond` of the clips.
+    flow_head: bool = False
+    flow_layers: int = 2
+    flow_uncond: float = 0.1
 
     def __post_init__(self) -> None:
         positive = [k for k, v in asdict(self).items() if type(v) is int and v < 1]
@@ -83,6 +103,8 @@ class ModelConfig:
             raise ValueError(f"dropout must lie in [0, 1), got {self.dropout}")
         if not 0.0 <= self.speaker_dropout <= 1.0:
             raise ValueError(f"speaker_dropout must lie in [0, 1], got {self.speaker_dropout}")
+        if not 0.0 <= self.flow_uncond <= 1.0:
+            raise ValueError(f"flow_uncond must lie in [0, 1], got {self.flow_uncond}")
 
     @property
     def vocab_size(self) -> int:
@@ -146,6 +168,16 @@ PRESETS = {"tiny": tiny, "base": base, "large": large}
 
 
 @dataclass(frozen=True)
+class Encoded:
+    """The encoder's side of a forward pass: speaker-conditioned video-rate features and CTC logits."""
+
+    x_BTC: torch.Tensor
+    ctc_logits_BTV: torch.Tensor
+    lengths_B: torch.Tensor
+    mask_BT: torch.Tensor | None  # None: no padding
+
+
+@dataclass(frozen=True)
 class Lip2SpeechOutput:
     """What `Lip2Speech.forward` returns; padding steps of every tensor hold zeros."""
 
@@ -154,6 +186,10 @@ class Lip2SpeechOutput:
     ctc_logits_BTV: torch.Tensor
     lengths_B: torch.Tensor
     mel_lengths_B: torch.Tensor
+    # With a flow head: its condition (decoder features and standardised mel, padding not
+    # zeroed), and its training loss when a target mel was given.
+    flow_cond_BFC: torch.Tensor | None = None
+    flow_loss: torch.Tensor | None = None
 
 
 class Lip2Speech(nn.Module):
@@ -204,6 +240,34 @@ class Lip2Speech(nn.Module):
             dropout=cfg.dropout,
         )
         self.mel_out = nn.Linear(cfg.decoder_dim, cfg.n_mels)
+        self.text_attention = (
+            TextConditioning(
+                cfg.vocab_size,
+                cfg.encoder_dim,
+                text_layers=cfg.text_layers,
+                attention_layers=cfg.text_attention_layers,
+                heads=cfg.encoder_heads,
+                ffn_mult=cfg.ffn_mult,
+                kernel=cfg.encoder_conv_kernel,
+                dropout=cfg.dropout,
+            )
+            if cfg.text_conditioning
+            else None
+        )
+        self.flow = (
+            FlowHead(
+                cfg.n_mels,
+                cfg.decoder_dim + cfg.n_mels,
+                cfg.decoder_dim,
+                layers=cfg.flow_layers,
+                heads=cfg.decoder_heads,
+                ffn_mult=cfg.ffn_mult,
+                kernel=cfg.decoder_conv_kernel,
+                dropout=cfg.dropout,
+            )
+            if cfg.flow_head
+            else None
+        )
         self.postnet = Postnet(
             cfg.n_mels,
             cfg.postnet_dim,
@@ -229,13 +293,31 @@ class Lip2Speech(nn.Module):
         video_BTHW: torch.Tensor,
         lengths_B: torch.Tensor | None = None,
         speaker_BD: torch.Tensor | None = None,
+        text_BL: torch.Tensor | None = None,
+        text_lengths_B: torch.Tensor | None = None,
+        mel_BMF: torch.Tensor | None = None,
     ) -> Lip2SpeechOutput:
         """Generate mels for a padded batch of clips.
 
         video_BTHW: normalised grayscale mouth crops (`frontend.normalize_video`), B×T×H×W or
         B×1×T×H×W. lengths_B: valid frames per clip (None: all T). speaker_BD: speaker embeddings
         that do not come from the target audio (see the module docstring); None means no speaker.
+        text_BL, text_lengths_B: character ids (blank-padded) and counts, for a text-conditioned
+        model (a count of 0: no text); None: the clip's own greedy CTC reading. mel_BMF: the
+        target log-mel, for the flow head's training loss.
         """
+        encoded = self.encode(video_BTHW, lengths_B, speaker_BD)
+        if self.text_attention is not None and text_BL is None:
+            text_BL, text_lengths_B = greedy_ids(encoded.ctc_logits_BTV, encoded.lengths_B)
+        return self.decode(encoded, text_BL, text_lengths_B, mel_BMF)
+
+    def encode(
+        self,
+        video_BTHW: torch.Tensor,
+        lengths_B: torch.Tensor | None = None,
+        speaker_BD: torch.Tensor | None = None,
+    ) -> Encoded:
+        """The visual encoder, the CTC head and the speaker's FiLM (arguments as `forward`)."""
         B, T = video_BTHW.shape[0], video_BTHW.shape[-3]
         if lengths_B is None:
             mask_BT = None
@@ -243,32 +325,76 @@ class Lip2Speech(nn.Module):
         else:
             check_lengths(lengths_B, B, T)
             mask_BT = lengths_to_mask(lengths_B, T)
-        mel_lengths_B = lengths_B * MELS_PER_FRAME
-        mask_BF = None if mask_BT is None else mask_BT.repeat_interleave(MELS_PER_FRAME, dim=1)
 
         x_BTC = self.project(self.frontend(video_BTHW, mask_BT))
         x_BTC = self.encoder(x_BTC, mask_BT)
         ctc_logits_BTV = self.ctc_head(x_BTC)
+        if mask_BT is not None:
+            ctc_logits_BTV = ctc_logits_BTV.masked_fill(~mask_BT[..., None], 0.0)
 
         scale_BC, shift_BC = self.speaker_film(self._speaker(speaker_BD, x_BTC)).chunk(2, dim=-1)
         x_BTC = x_BTC * (1.0 + scale_BC[:, None, :]) + shift_BC[:, None, :]
+        return Encoded(x_BTC, ctc_logits_BTV, lengths_B, mask_BT)
+
+    def decode(
+        self,
+        encoded: Encoded,
+        text_BL: torch.Tensor | None = None,
+        text_lengths_B: torch.Tensor | None = None,
+        mel_BMF: torch.Tensor | None = None,
+    ) -> Lip2SpeechOutput:
+        """Encoded clips (+ text, for a text-conditioned model: required here) → mels (+ the
+        flow head's condition, and its loss against a target `mel_BMF`)."""
+        x_BTC, mask_BT, lengths_B = encoded.x_BTC, encoded.mask_BT, encoded.lengths_B
+        if self.text_attention is not None:
+            if text_BL is None or text_lengths_B is None:
+                raise ValueError(
+                    "this model is text-conditioned: decode needs text_BL and its lengths"
+                )
+            x_BTC = self.text_attention(x_BTC, lengths_B, text_BL, text_lengths_B)
+        mel_lengths_B = lengths_B * MELS_PER_FRAME
+        mask_BF = None if mask_BT is None else mask_BT.repeat_interleave(MELS_PER_FRAME, dim=1)
 
         y_BFC = self.decoder(self.upsample(x_BTC, mask_BF), mask_BF)
         z_BFM = self.mel_out(y_BFC)
         z_post_BFM = z_BFM + self.postnet(z_BFM, mask_BF)
         mean_M, std_M = self.mel_mean_M.to(z_BFM.dtype), self.mel_std_M.to(z_BFM.dtype)
         mel_BFM, mel_post_BFM = z_BFM * std_M + mean_M, z_post_BFM * std_M + mean_M
-        if mask_BT is not None:
-            ctc_logits_BTV = ctc_logits_BTV.masked_fill(~mask_BT[..., None], 0.0)
+        if mask_BF is not None:
             mel_BFM = mel_BFM.masked_fill(~mask_BF[..., None], 0.0)
             mel_post_BFM = mel_post_BFM.masked_fill(~mask_BF[..., None], 0.0)
+        flow_cond_BFC = flow_loss = None
+        if self.flow is not None:
+            flow_cond_BFC = torch.cat([y_BFC, z_post_BFM], dim=-1)
+            if mel_BMF is not None:
+                z1_BFM = (mel_BMF.transpose(1, 2).to(z_BFM.dtype) - mean_M) / std_M
+                valid_BF = (
+                    mask_BF
+                    if mask_BF is not None
+                    else torch.ones_like(z1_BFM[..., 0], dtype=torch.bool)
+                )
+                z1_BFM = z1_BFM.masked_fill(~valid_BF[..., None], 0.0)
+                flow_loss = flow_matching_loss(
+                    self.flow,
+                    z1_BFM,
+                    flow_cond_BFC,
+                    valid_BF,
+                    self.cfg.flow_uncond if self.training else 0.0,
+                )
         return Lip2SpeechOutput(
             mel_BMF=mel_BFM.transpose(1, 2),
             mel_post_BMF=mel_post_BFM.transpose(1, 2),
-            ctc_logits_BTV=ctc_logits_BTV,
+            ctc_logits_BTV=encoded.ctc_logits_BTV,
             lengths_B=lengths_B,
             mel_lengths_B=mel_lengths_B,
+            flow_cond_BFC=flow_cond_BFC,
+            flow_loss=flow_loss,
         )
+
+    def standardized_to_mel(self, z_BFM: torch.Tensor) -> torch.Tensor:
+        """The flow's standardised mel (B×F×M) → log-mel B×M×F."""
+        mean_M, std_M = self.mel_mean_M.to(z_BFM.dtype), self.mel_std_M.to(z_BFM.dtype)
+        return (z_BFM * std_M + mean_M).transpose(1, 2)
 
     def _speaker(self, speaker_BD: torch.Tensor | None, like_BTC: torch.Tensor) -> torch.Tensor:
         B, D = like_BTC.shape[0], self.cfg.speaker_dim

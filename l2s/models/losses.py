@@ -24,6 +24,7 @@ class LossConfig:
     l2_weight: float = 1.0
     # An auxiliary task, kept well below the reconstruction terms.
     ctc_weight: float = 0.1
+    flow_weight: float = 1.0  # the flow head's velocity error, when the model has one
 
     def __post_init__(self) -> None:
         negative = {k: v for k, v in asdict(self).items() if v < 0}
@@ -83,7 +84,7 @@ def lip2speech_loss(
     """Weighted sum of L1 + L2 on the mel before and after the postnet, plus CTC when transcripts exist.
 
     `parts` holds each unweighted term, detached, under mel_l1, mel_l2, post_l1, post_l2 and, when
-    it was computed, ctc.
+    they were computed, ctc and flow.
     """
     cfg = cfg or LossConfig()
     mask_BF = lengths_to_mask(output.mel_lengths_B, output.mel_BMF.shape[-1])
@@ -96,4 +97,7 @@ def lip2speech_loss(
         if ctc is not None:
             parts["ctc"] = ctc
             total = total + cfg.ctc_weight * ctc
+    if output.flow_loss is not None:
+        parts["flow"] = output.flow_loss
+        total = total + cfg.flow_weight * output.flow_loss
     return total, {name: value.detach() for name, value in parts.items()}

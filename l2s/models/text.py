@@ -61,3 +61,22 @@ def decode_ctc(ctc_logits_BTV: torch.Tensor, lengths_B: torch.Tensor | None = No
         merged = torch.unique_consecutive(best_T[:length])
         texts.append(decode_ids([i for i in merged.tolist() if i != BLANK_ID]))
     return texts
+
+
+def greedy_ids(
+    ctc_logits_BTV: torch.Tensor, lengths_B: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Greedy CTC decoding on the device: (ids_BL blank-padded, text_lengths_B), repeats merged and
+    blanks dropped within each clip's length. At least one column, as `encode_batch`."""
+    best_BT = ctc_logits_BTV.argmax(dim=-1)
+    T = best_BT.shape[1]
+    valid_BT = torch.arange(T, device=best_BT.device)[None] < lengths_B[:, None]
+    new_BT = torch.ones_like(valid_BT)
+    new_BT[:, 1:] = best_BT[:, 1:] != best_BT[:, :-1]
+    keep_BT = valid_BT & new_BT & (best_BT != BLANK_ID)
+    text_lengths_B = keep_BT.sum(dim=1)
+    # Kept characters move to the front of their row, in order (a stable sort on "not kept").
+    order_BT = torch.sort((~keep_BT).to(torch.int8), dim=1, stable=True).indices
+    ids_BT = torch.gather(best_BT.masked_fill(~keep_BT, BLANK_ID), 1, order_BT)
+    width = max(1, int(text_lengths_B.max()) if len(text_lengths_B) else 1)
+    return ids_BT[:, :width].contiguous(), text_lengths_B

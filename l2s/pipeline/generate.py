@@ -28,6 +28,7 @@ from l2s.corpora import read_manifest
 from l2s.infer.model import SpeechModel
 from l2s.infer.vocoder import Vocoder, load_vocoder
 from l2s.infer.voice import split_speakers
+from l2s.models.text import normalize_text
 from l2s.pipeline import shards
 from l2s.schema import ManifestRow
 
@@ -52,24 +53,30 @@ def generate_clips(
     sources: dict[str, ManifestRow],
     out: str,
     vocode: Vocoder | None = None,
+    oracle_text: bool = False,
 ) -> list[dict]:
     """One batch of feature rows (dicts with id, speaker, split, transcript, n_frames, roi, mel)
-    → wavs in `out/wavs/` (written atomically) and one output record per clip.
+    → wavs in `out/wavs/` (written atomically) and one output record per clip, with the text the
+    lips were read to say.
 
-    The model runs over each clip's windows as `l2s speak` does (`SpeechModel.mels`), so that
+    The model runs over each clip's windows as `l2s speak` does (`SpeechModel.speech`), so that
     scoring measures the speech `speak` gives; a forward pass takes as many windows as the batch
     has clips. `vocode`: a `l2s.infer.vocoder` vocoder (default Griffin-Lim); its name is kept in
-    each record so that scoring sends the ground-truth mel through the same one."""
+    each record so that scoring sends the ground-truth mel through the same one. `oracle_text`: a
+    text-conditioned model hears the clip's transcript instead of its lips' reading (the ceiling
+    of text conditioning; never what l2s gives a user)."""
     vocode = vocode or load_vocoder(None)
     rois = [
         np.frombuffer(c["roi"], np.uint8).reshape(c["n_frames"], VIDEO.roi_size, VIDEO.roi_size)
         for c in clips
     ]
-    mels = model.mels(rois, [voices[c["id"]][0] for c in clips], per_pass=len(clips))
+    texts = [normalize_text(c["transcript"] or "") for c in clips] if oracle_text else None
+    said = model.speech(rois, [voices[c["id"]][0] for c in clips], per_pass=len(clips), texts=texts)
+    mels = [s.mel_MF for s in said]
     mean_M = model.mean_mel(1)[:, 0].tolist()
     records = []
     wavs = vocode.batch(mels)
-    for clip, mel_MF, wav_S in zip(clips, mels, wavs, strict=True):
+    for clip, speech, mel_MF, wav_S in zip(clips, said, mels, wavs, strict=True):
         wav = storage.join(out, WAV_DIR, f"{clip['id']}.wav")
         write_wav(wav, wav_S)
         source = sources.get(clip["id"])
@@ -79,6 +86,8 @@ def generate_clips(
                 "speaker": clip["speaker"],
                 "split": clip["split"],
                 "transcript": clip["transcript"],
+                "text": speech.text,
+                "heard": "transcript" if oracle_text else "lips",
                 "video": source.video if source else None,
                 "start": source.start if source else 0.0,  # where the clip starts in the video
                 "n_frames": int(clip["n_frames"]),
@@ -123,17 +132,24 @@ class GenerateBatch:
     """Model actor: one `SpeechModel` per actor; writes one output shard per batch."""
 
     def __init__(
-        self, checkpoint: str, out: str, voices: dict, sources: dict, vocoder: str | None
+        self,
+        checkpoint: str,
+        out: str,
+        voices: dict,
+        sources: dict,
+        vocoder: str | None,
+        oracle_text: bool = False,
     ) -> None:
         self.model, self.vocode = SpeechModel.load(checkpoint), load_vocoder(vocoder)
         self.out, self.voices, self.sources = out, voices, sources
+        self.oracle_text = oracle_text
 
     def __call__(self, batch: dict) -> dict:
         clips = [
             dict(zip(batch, values, strict=True)) for values in zip(*batch.values(), strict=True)
         ]
         records = generate_clips(
-            self.model, clips, self.voices, self.sources, self.out, self.vocode
+            self.model, clips, self.voices, self.sources, self.out, self.vocode, self.oracle_text
         )
         name = shards.shard_name([r["id"] for r in records])
         shards.write_table(pa.Table.from_pylist(records), storage.join(self.out, GENERATED, name))
@@ -163,8 +179,10 @@ def generate_split(
     workers: int | None = None,
     vocoder: str | None = None,
     progress: bool = True,
+    oracle_text: bool = False,
 ) -> Summary:
-    """Generate every clip of `split` not yet in `out`, on the current Ray (see the module doc)."""
+    """Generate every clip of `split` not yet in `out`, on the current Ray (see the module doc).
+    `oracle_text`: see `generate_clips`."""
     import ray
     from ray.data import ActorPoolStrategy
     from ray.data.expressions import col
@@ -199,7 +217,14 @@ def generate_split(
         n_actors, actor_resources = _resources(workers)
         ds = ds.map_batches(
             GenerateBatch,
-            fn_constructor_args=(checkpoint, out, voices, source_rows(dataset), vocoder),
+            fn_constructor_args=(
+                checkpoint,
+                out,
+                voices,
+                source_rows(dataset),
+                vocoder,
+                oracle_text,
+            ),
             batch_size=batch_size,
             compute=ActorPoolStrategy(min_size=1, max_size=n_actors),
             **actor_resources,

@@ -11,6 +11,8 @@ Routes (FastAPI; OpenAPI at /docs and /openapi.json):
     POST /v1/dub      the same → video/mp4: the video stream copied, the speech as its audio
     POST /v1/lipsync  multipart `video` + `speech` → video/mp4: the lips re-drawn to the speech,
                       which is its audio (only when the server has a lip generator; else 404)
+The speech routes say in the header `X-Lip-Text` what the lips were read to say (upper-case
+letters, spaces and apostrophes only), beside `X-Audio-Seconds` and `X-Face-Ratio`.
 
 Bad input never gives a 500: 400 for a body that is not a multipart form, 413 for an upload
 over the size limit, 415 for a file that is not a video FFmpeg can read (corrupt, truncated, audio
@@ -35,7 +37,7 @@ import shutil
 import tempfile
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from fastapi import FastAPI, HTTPException, Request
@@ -119,6 +121,14 @@ ERRORS = {
 }
 
 
+class Said(NamedTuple):
+    """What the deployments made of an upload."""
+
+    wav_S: np.ndarray
+    text: str  # what the lips were read to say
+    face_ratio: float
+
+
 class UploadLimit:
     """ASGI middleware: a request whose Content-Length is over the upload limit gets a 413 before
     anything is read. A body without one is counted as it arrives (`upload.received`)."""
@@ -162,23 +172,24 @@ def make_api(
     api.add_middleware(UploadLimit, max_bytes=cfg.max_upload_bytes)
     page = resources.files("l2s.serve").joinpath("index.html").read_text(encoding="utf-8")
 
-    async def speech_of(upload: Upload, fields: dict[str, str]) -> tuple[np.ndarray, float]:
-        """The upload's speech wav_S and the fraction of frames with a face. Preprocess's
-        pending result goes to the Synthesizer as it is: the mouth ROIs (0.7 MB for 3 s, 14 MB
-        for 60 s) pass from one replica to the other through Ray's object store, never through
-        this replica, and the face ratio comes back with the speech."""
+    async def speech_of(upload: Upload, fields: dict[str, str]) -> Said:
+        """The upload's speech, the lips' reading and the fraction of frames with a face.
+        Preprocess's pending result goes to the Synthesizer as it is: the mouth ROIs (0.7 MB for
+        3 s, 14 MB for 60 s) pass from one replica to the other through Ray's object store, never
+        through this replica, and the face ratio comes back with the speech."""
         try:
             rois = preprocess.rois.remote(upload)
-            return await synthesizer.speak.remote(rois, fields.get("speaker") or None)
+            return Said(*await synthesizer.speak.remote(rois, fields.get("speaker") or None))
         except Rejected as e:
             raise HTTPException(e.status, e.reason) from None
 
-    def headers(upload: Upload, wav_S: np.ndarray, face_ratio: float, suffix: str) -> dict:
+    def headers(upload: Upload, said: Said, suffix: str) -> dict:
         stem = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(upload.name).stem) or "video"
         return {
             "Content-Disposition": f'inline; filename="{stem}{suffix}"',
-            "X-Audio-Seconds": f"{len(wav_S) / AUDIO.sample_rate:.3f}",
-            "X-Face-Ratio": f"{face_ratio:.3f}",
+            "X-Audio-Seconds": f"{len(said.wav_S) / AUDIO.sample_rate:.3f}",
+            "X-Face-Ratio": f"{said.face_ratio:.3f}",
+            "X-Lip-Text": said.text,
         }
 
     @api.get("/", response_class=HTMLResponse, include_in_schema=False)
@@ -203,11 +214,9 @@ def make_api(
     async def speech(request: Request) -> Response:
         """Speech for the video: a WAV as long as the video."""
         async with received(request, cfg.max_upload_bytes) as (upload, fields):
-            wav_S, face_ratio = await speech_of(upload, fields)
+            said = await speech_of(upload, fields)
         return Response(
-            wav_bytes(wav_S),
-            media_type="audio/wav",
-            headers=headers(upload, wav_S, face_ratio, ".wav"),
+            wav_bytes(said.wav_S), media_type="audio/wav", headers=headers(upload, said, ".wav")
         )
 
     @api.post(
@@ -225,15 +234,15 @@ def make_api(
         folder = tempfile.mkdtemp(prefix="l2s-dub-")
         try:
             async with received(request, cfg.max_upload_bytes) as (upload, fields):
-                wav_S, face_ratio = await speech_of(upload, fields)
-                dubbed = await asyncio.to_thread(_dub, upload, wav_S, folder)
+                said = await speech_of(upload, fields)
+                dubbed = await asyncio.to_thread(_dub, upload, said.wav_S, folder)
         except BaseException:
             shutil.rmtree(folder)
             raise
         return FileResponse(
             dubbed,
             media_type="video/mp4",
-            headers=headers(upload, wav_S, face_ratio, ".dub.mp4"),
+            headers=headers(upload, said, ".dub.mp4"),
             background=BackgroundTask(shutil.rmtree, folder),
         )
 

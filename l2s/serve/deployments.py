@@ -9,7 +9,8 @@ and the CLI speak alike.
     Synthesizer  The model (on a GPU when one is given). Mouth ROIs → 10-s model windows
                  (`l2s.infer.windows`, as everywhere else), batched across requests with
                  `@serve.batch` (padded to the longest, one forward pass), cross-faded back
-                 into one mel per clip → the vocoder, batched the same way
+                 into one mel and one lip reading per clip (`SpeechModel.blend`) → the
+                 vocoder, batched the same way
                  (HiFi-GAN in one forward pass; Griffin-Lim gains nothing from a batch on a
                  CPU and runs its clips one by one).
     LipSyncer    The lip generator (only when one is configured). An uploaded video and speech
@@ -43,10 +44,11 @@ from ray import serve
 from l2s.face import load_detector
 from l2s.features import FeatureConfig
 from l2s.infer import SpeakError
+from l2s.infer.model import WindowOutput
 from l2s.infer.speak import mouth_rois
 from l2s.infer.vocoder import load_vocoder
 from l2s.infer.voice import voice
-from l2s.infer.windows import WINDOW, blend_windows, window_starts
+from l2s.infer.windows import WINDOW, window_starts
 from l2s.serve.config import Rejected, ServeConfig
 from l2s.serve.upload import Upload, local_copy
 from l2s.video import VideoError, probe
@@ -156,7 +158,8 @@ def check_video(upload: Upload, cfg: ServeConfig) -> None:
 
 @serve.deployment(max_ongoing_requests=64)
 class Synthesizer:
-    """Mouth ROIs (+ an optional training speaker's name) → 16 kHz waveform wav_S."""
+    """Mouth ROIs (+ an optional training speaker's name) → 16 kHz waveform wav_S and the text
+    the lips were read to say."""
 
     def __init__(self, cfg: ServeConfig) -> None:
         import torch
@@ -166,7 +169,7 @@ class Synthesizer:
         device = "cuda" if torch.cuda.is_available() else "cpu"
         self.model = SpeechModel.load(cfg.checkpoint, device)
         self.vocoder = load_vocoder(cfg.vocoder, device)
-        for batched in (self.mels, self.vocode):
+        for batched in (self.windows, self.vocode):
             batched.set_max_batch_size(cfg.max_batch_size)
             batched.set_batch_wait_timeout_s(cfg.batch_wait_s)
         # How many batches of each size ran: what the benchmark and tests read to see batching.
@@ -181,29 +184,31 @@ class Synthesizer:
 
     async def speak(
         self, rois: tuple[np.ndarray, float], speaker: str | None = None
-    ) -> tuple[np.ndarray, float]:
+    ) -> tuple[np.ndarray, str, float]:
         """What `Preprocess.rois` returned (the ROIs and the fraction of frames with a face) →
-        the speech wav_S and that fraction, passed through for the ingress."""
+        the speech wav_S, what the lips were read to say, and that fraction, passed through for
+        the ingress."""
         roi_THW, face_ratio = rois
         try:
             speaker_D, _ = voice(self.model, None, speaker)
         except SpeakError as e:
             raise Rejected(422, str(e)) from e
         starts = window_starts(len(roi_THW))
-        mels = await asyncio.gather(
-            *(self.mels(roi_THW[start : start + WINDOW], speaker_D) for start in starts)
+        outputs = await asyncio.gather(
+            *(self.windows(roi_THW[start : start + WINDOW], speaker_D) for start in starts)
         )
-        return await self.vocode(blend_windows(list(mels), starts, len(roi_THW))), face_ratio
+        said = self.model.blend(list(outputs), starts, len(roi_THW))
+        return await self.vocode(said.mel_MF), said.text, face_ratio
 
     # The batched calls run in a thread: torch and Griffin-Lim release the GIL, and the
     # replica's event loop stays free to gather the next batch while this one computes.
     @serve.batch
-    async def mels(
+    async def windows(
         self, rois: list[np.ndarray], speakers: list[np.ndarray | None]
-    ) -> list[np.ndarray]:
+    ) -> list[WindowOutput]:
         self.batches["model"][len(rois)] += 1
         return await asyncio.to_thread(
-            self.clock.thread, "model", self.model.window_mels, rois, speakers
+            self.clock.thread, "model", self.model.window_outputs, rois, speakers
         )
 
     @serve.batch

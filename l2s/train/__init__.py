@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 
 from l2s import storage
 from l2s.infer.checkpoint import MODEL_FILE
+from l2s.models.lip2speech import ModelConfig
 from l2s.train.checkpoint import load_checkpoint
 from l2s.train.config import TrainConfig
 
@@ -180,9 +181,10 @@ def train(cfg: TrainConfig, *, callbacks: Sequence = (), local: bool = False) ->
     Ray Train controller after each report. `local`: in this process, without Ray (one worker)."""
     import torch
 
+    from l2s.models.grammar import grammar_for
     from l2s.models.lip2speech import Lip2Speech, count_parameters
     from l2s.pipeline.runtime import connect
-    from l2s.train.data import DatasetError, index_dataset, source
+    from l2s.train.data import DatasetError, index_dataset, source, train_transcripts
     from l2s.train.tasks.lip2speech import summary_line
 
     if not local:
@@ -197,6 +199,7 @@ def train(cfg: TrainConfig, *, callbacks: Sequence = (), local: bool = False) ->
             f"{cfg.dataset}: speaker embeddings of size {index.speakers.dim}, "
             f"the model takes {cfg.model_config.speaker_dim}"
         )
+    grammar = grammar_for(train_transcripts(index), cfg.grammar)
     with torch.device("meta"):
         parameters = count_parameters(Lip2Speech(cfg.model_config))
     workers = 1 if local else cfg.num_workers
@@ -205,7 +208,8 @@ def train(cfg: TrainConfig, *, callbacks: Sequence = (), local: bool = False) ->
         f"[l2s.train] {cfg.preset}: {parameters:,} parameters; {workers} {cfg.strategy} "
         f"worker(s){' in this process' if local else ''}; data {index.counts} "
         f"({index.train_bytes / 2**20:.0f} MiB of train clips{', kept in memory' if cache else ''}); "
-        f"val subset {len(index.val_ids)} clips"
+        f"val subset {len(index.val_ids)} clips; lips read "
+        f"{'greedily' if grammar is None else f'with the {grammar.name} grammar'}"
     )
     sources = {"train": source(index, "train", shuffle_files=True)}
     if index.val_ids:
@@ -219,6 +223,7 @@ def train(cfg: TrainConfig, *, callbacks: Sequence = (), local: bool = False) ->
         "mel_stats": [index.mel_mean_M.tolist(), index.mel_std_M.tolist()],
         "dataset_metadata": index.metadata,
         "cache": cache,
+        "grammar": None if grammar is None else grammar.to_dict(),
     }
     launch(
         "lip2speech",
@@ -255,24 +260,30 @@ def summarize_run(run: str, steps: int, parameters: int, file: str = MODEL_FILE)
     )
 
 
-def initial_checkpoint(dataset: str, out: str, preset: str = "tiny", seed: int = 0) -> str:
-    """A run directory (local) holding the step-0 checkpoint of an untrained model, with the
-    dataset's speaker table and mel statistics: what tests and speed benchmarks generate with
-    when the content of the speech does not matter."""
+def initial_checkpoint(
+    dataset: str, out: str, preset: str = "tiny", seed: int = 0, model: ModelConfig | None = None
+) -> str:
+    """A run directory (local) holding the step-0 checkpoint of an untrained model (the preset's,
+    or `model`), with the dataset's speaker table, mel statistics and grammar: what tests and
+    speed benchmarks generate with when the content of the speech does not matter."""
     from pathlib import Path
 
     import torch
 
+    from l2s.models.grammar import grammar_for
     from l2s.models.lip2speech import Lip2Speech
     from l2s.train.checkpoint import Progress, checkpoint_name, write_model
-    from l2s.train.data import index_dataset
+    from l2s.train.data import index_dataset, train_transcripts
 
-    cfg = TrainConfig(dataset=dataset, out=out, preset=preset, seed=seed)
+    cfg = TrainConfig(dataset=dataset, out=out, preset=preset, seed=seed, model=model)
     index = index_dataset(dataset, val_utterances=0, n_val_audio=0)
     torch.manual_seed(seed)
-    model = Lip2Speech(cfg.model_config)
-    model.set_mel_stats(torch.from_numpy(index.mel_mean_M), torch.from_numpy(index.mel_std_M))
+    network = Lip2Speech(cfg.model_config)
+    network.set_mel_stats(torch.from_numpy(index.mel_mean_M), torch.from_numpy(index.mel_std_M))
     folder = Path(out) / checkpoint_name(0)
     folder.mkdir(parents=True, exist_ok=True)
-    write_model(folder, model.state_dict(), cfg, index.speakers, Progress(), {}, index.metadata)
+    grammar = grammar_for(train_transcripts(index), cfg.grammar)
+    write_model(
+        folder, network.state_dict(), cfg, index.speakers, Progress(), {}, index.metadata, grammar
+    )
     return out

@@ -2,7 +2,8 @@
 
 A checkpoint is a directory `checkpoint_<step>` in the run directory (Ray Train writes it there):
   model.pt         plain `Lip2Speech` fp32 state dict + the exact TrainConfig / ModelConfig, the
-                   speaker table, the dataset's metadata, the training progress (nanoGPT's dict)
+                   speaker table, the grammar its lips are read with, the dataset's metadata, the
+                   training progress (nanoGPT's dict)
   config.json      the same configs, progress and metrics as JSON, for people and tools
   train_state.pt   DDP runs: the optimizer state
   deepspeed/       DeepSpeed runs: the engine's own checkpoint (ZeRO-partitioned optimizer state),
@@ -26,6 +27,7 @@ from l2s.infer.checkpoint import (
     resolve,
 )
 from l2s.infer.speakers import SpeakerTable
+from l2s.models.grammar import Grammar
 from l2s.models.lip2speech import Lip2Speech
 from l2s.train.config import TrainConfig
 
@@ -58,11 +60,13 @@ def write_model(
     progress: Progress,
     metrics: dict,
     dataset_metadata: dict,
+    grammar: Grammar | None = None,
 ) -> None:
     """model.pt and config.json into a local folder (rank 0 only)."""
     configs = {
         "train_config": cfg.to_dict(),
         "model_config": cfg.model_config.to_dict(),
+        "grammar": None if grammar is None else grammar.to_dict(),
         "progress": asdict(progress),
         "dataset": dataset_metadata,
     }

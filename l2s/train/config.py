@@ -15,6 +15,7 @@ from l2s.models.lip2speech import PRESETS, ModelConfig
 from l2s.models.losses import LossConfig
 
 Strategy = Literal["ddp", "deepspeed"]
+GRAMMAR_CHOICES = ("auto", "grid", "lexicon", "none")
 Precision = Literal["auto", "fp32", "bf16"]
 
 
@@ -108,6 +109,13 @@ class TrainConfig(RunBase):
     # auto-AVSR's time masking (on top of `augment`): a regulariser for long runs; a run of
     # minutes underfits, and hiding a fifth of its frames only slows it down.
     time_mask: bool = True
+    # How the model reads its lips at inference (`l2s.models.grammar.grammar_for`): auto (GRID's
+    # grammar when every train transcript is a GRID sentence, else greedy), grid, lexicon, none.
+    grammar: str = "auto"
+    # A text-conditioned model (`ModelConfig.text_conditioning`) trains on transcripts with this
+    # fraction of words misread, and on no text for this fraction of clips (`text_noise`).
+    text_noise: float = 0.2
+    text_dropout: float = 0.1
 
     # Validation, checkpoints, logs.
     val_every: int = 200
@@ -155,6 +163,13 @@ class TrainConfig(RunBase):
         if self.val_utterances < 0 or not 0 <= self.n_val_audio <= self.val_utterances:
             raise ValueError(
                 f"need 0 <= n_val_audio <= val_utterances, got {self.n_val_audio}, {self.val_utterances}"
+            )
+        if self.grammar not in GRAMMAR_CHOICES:
+            raise ValueError(f"grammar must be one of {GRAMMAR_CHOICES}, got {self.grammar!r}")
+        if not (0 <= self.text_noise <= 1 and 0 <= self.text_dropout <= 1):
+            raise ValueError(
+                f"text_noise and text_dropout must lie in [0, 1], got {self.text_noise}, "
+                f"{self.text_dropout}"
             )
         if self.strategy not in ("ddp", "deepspeed"):
             raise ValueError(f"strategy must be 'ddp' or 'deepspeed', got {self.strategy!r}")

@@ -169,6 +169,14 @@ def index_dataset(uri: str, val_utterances: int, n_val_audio: int, seed: int = 0
     )
 
 
+def train_transcripts(index: DatasetIndex) -> list[str]:
+    """The train split's transcripts, normalised as the CTC head reads them ("" for none)."""
+    table = arrow_dataset(index.files).to_table(
+        columns=["transcript"], filter=pc.field("split") == "train"
+    )
+    return [normalize_text(t) if t else "" for t in table["transcript"].to_pylist()]
+
+
 def _mel_stats(
     dataset: pads.Dataset, train_ids: list[str], seed: int
 ) -> tuple[np.ndarray, np.ndarray]:

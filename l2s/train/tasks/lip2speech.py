@@ -1,6 +1,7 @@
 """The lip-to-speech model's part of training: build (resume weights before wrapping, optimizer
 state after), batches, one step (mel L1 + L2 before and after the postnet, + CTC), validation and
-checkpoints. DDP (gloo on CPU, NCCL on GPU) or DeepSpeed ZeRO.
+checkpoints. DDP (gloo on CPU, NCCL on GPU) or DeepSpeed ZeRO. A text-conditioned model steps on
+its transcripts with lip-reader-like errors injected (`l2s.train.text_noise`).
 
 A worker keeps its shard of the train split in memory after the first epoch when the driver says
 it fits (`config["cache"]`): every later epoch is then a reshuffle of what it holds, with no read.
@@ -18,8 +19,10 @@ import torch
 
 from l2s.infer.checkpoint import MODEL_FILE, read_model, resolve
 from l2s.infer.speakers import SpeakerTable
+from l2s.models.grammar import Grammar
 from l2s.models.lip2speech import Lip2Speech, count_parameters
 from l2s.models.losses import lip2speech_loss
+from l2s.models.text import decode_ids, encode_batch
 from l2s.train import checkpoint as ckpt
 from l2s.train.config import TrainConfig
 from l2s.train.data import (
@@ -33,6 +36,7 @@ from l2s.train.data import (
 from l2s.train.logs import RunLog
 from l2s.train.loop import Step, Task
 from l2s.train.session import Session
+from l2s.train.text_noise import noisy_text
 from l2s.train.validation import validate
 
 
@@ -136,6 +140,8 @@ class Lip2SpeechTask(Task):
         self.cache: list[Utterance] | None = [] if config.get("cache") else None
         self.cached = False
         self.val_set: list[Batch] | None = None  # read at the first validation, then kept
+        self.grammar = Grammar.from_dict(config["grammar"]) if config.get("grammar") else None
+        self.noise_rng = np.random.default_rng([cfg.seed, rank, progress.step, 1])
 
     def _start_from(self, model: Lip2Speech, init: str, rank: int) -> None:
         uri = resolve(init)
@@ -202,9 +208,11 @@ class Lip2SpeechTask(Task):
         cfg = self.cfg
         for group in self.optimizer.param_groups:
             group["lr"] = lr
+        text = self._training_text(batch) if cfg.model_config.text_conditioning else ()
         batch = batch.to(self.session.device, self.dtype)
+        target = {"mel_BMF": batch.mel_BMF} if cfg.model_config.flow_head else {}
         with self.autocast:
-            output = self.net(batch.video_BTHW, batch.lengths_B, batch.speaker_BD)
+            output = self.net(batch.video_BTHW, batch.lengths_B, batch.speaker_BD, *text, **target)
         loss, parts = lip2speech_loss(
             output, batch.mel_BMF, batch.targets_BL, batch.target_lengths_B, cfg.loss
         )
@@ -226,6 +234,23 @@ class Lip2SpeechTask(Task):
         if grad_norm is not None:
             losses["grad_norm"] = float(grad_norm)
         return Step(losses, len(batch), int(batch.lengths_B.sum()))
+
+    def _training_text(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """The batch's transcripts, misread as a lip reader would (`text_noise`), on the device."""
+        cfg = self.cfg
+        texts = [
+            noisy_text(
+                decode_ids(ids_L[:n].tolist()),
+                cfg.text_noise,
+                cfg.text_dropout,
+                self.grammar,
+                self.noise_rng,
+            )
+            for ids_L, n in zip(batch.targets_BL, batch.target_lengths_B.tolist(), strict=True)
+        ]
+        text_BL, text_lengths_B = encode_batch(texts)
+        device = self.session.device
+        return text_BL.to(device), text_lengths_B.to(device)
 
     def validate(self, step: int, template: Batch) -> dict[str, float]:
         val_set = self._validation_set()
@@ -267,6 +292,7 @@ class Lip2SpeechTask(Task):
                 self.progress,
                 metrics,
                 self.dataset_metadata,
+                self.grammar,
             )
         return rank == 0 or self.deepspeed
 
