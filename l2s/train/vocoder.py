@@ -155,7 +155,10 @@ def train_vocoder(cfg: VocoderTrainConfig) -> TrainSummary:
             "threads": threads,
         },
         scaling_config=ray.train.ScalingConfig(
-            num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, resources_per_worker=resources
+            num_workers=cfg.num_workers,
+            use_gpu=cfg.use_gpu,
+            resources_per_worker=resources,
+            placement_strategy=cfg.placement_strategy,
         ),
         run_config=run_config(run, cfg.max_failures, cfg.keep_checkpoints),
         datasets={"train": read_train_audio(index)},
