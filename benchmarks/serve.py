@@ -19,6 +19,16 @@ batch size the model and the vocoder saw, the CPU seconds the server spent per r
 processes: a measure that other load on the machine does not inflate the way it does latency),
 and batching ÷ no batching ratios. The load average before and after is printed too.
 
+Then where the server's CPU goes, per variant: the stages' own CPU seconds as the replicas count
+them (`StageClock` in l2s/serve/deployments.py: preprocess, model, vocoder), and the overhead =
+server CPU-s per request − the stages' CPU-s, by process (HTTP proxy, ingress, the replicas
+beyond their stages, Serve's controller, the rest of Ray). Part of it is time, not requests:
+Ray's processes spend CPU while nothing is asked of them (`--idle-seconds` of quiet after the
+warm-up measure that rate), which a host busy with other work stretches over a longer run; that
+part is printed too, as "idle rate × the run's wall time", and the overhead "at full use": the
+rest, plus the idle rate over the least wall time the requests' CPU seconds need on this
+machine's cores.
+
 `--screenshot PNG` instead starts the app once, uploads a clip on the web page in Debian's
 Chromium (`--mode dub` or `speech`), plays the result and saves a screenshot of the page.
 """
@@ -45,6 +55,18 @@ import requests
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "real"
 
 
+# Serve's and Ray's processes, by what their command line (Ray's process title) holds.
+ROLES = {
+    "ProxyActor": "HTTP proxy",
+    "ServeReplica:l2s:Api": "ingress",
+    "ServeReplica:l2s:Preprocess": "Preprocess",
+    "ServeReplica:l2s:Synthesizer": "Synthesizer",
+    "ServeController": "controller",
+}
+OTHER = "other Ray"  # raylet, GCS, agents, idle workers
+STAGES = {"Preprocess": ("preprocess",), "Synthesizer": ("model", "vocoder")}
+
+
 @dataclass(frozen=True)
 class Result:
     variant: str
@@ -53,7 +75,36 @@ class Result:
     video_s: float
     model_batch: float
     vocoder_batch: float
-    server_cpu_s: float  # CPU seconds of all Ray processes per answered request
+    server_cpu: dict[str, float]  # CPU seconds per answered request, by process role
+    stage_cpu: dict[str, float]  # the stages' own CPU seconds per answered request
+    idle_cpu: dict[str, float]  # CPU seconds per second with no request in work, by role
+
+    @property
+    def server_cpu_s(self) -> float:
+        return sum(self.server_cpu.values())
+
+    @property
+    def stages_cpu_s(self) -> float:
+        return sum(self.stage_cpu.values())
+
+    @property
+    def overhead(self) -> float:
+        return self.server_cpu_s - self.stages_cpu_s
+
+    @property
+    def idle_share(self) -> float:
+        """CPU seconds per request that Ray's idle rate accounts for over the run's wall time."""
+        return sum(self.idle_cpu.values()) * self.wall_s / len(self.latencies)
+
+    def at_full_use(self, cores: int) -> float:
+        """The overhead on a host that does nothing else, its cores all busy with requests: the
+        per-request part, and Ray's idle rate over the least wall time the server's CPU seconds
+        take on those cores."""
+        return (
+            self.overhead
+            - self.idle_share
+            + sum(self.idle_cpu.values()) * self.server_cpu_s / cores
+        )
 
     def percentile(self, q: float) -> float:
         return float(np.percentile(self.latencies, q))
@@ -197,17 +248,41 @@ def load(url: str, clips: list[Path], clients: int, n_requests: int) -> tuple[li
     return latencies, time.perf_counter() - start
 
 
-def server_cpu_seconds() -> float:
-    """CPU seconds (user + system) used so far by the local Ray's processes: this driver's
-    descendants (raylet, GCS, Serve's proxy, controller and replicas), not its client threads."""
-    total = 0.0
+def server_cpu_seconds() -> dict[str, float]:
+    """CPU seconds (user + system) used so far by the local Ray's processes, by role (`ROLES`):
+    this driver's descendants (raylet, GCS, Serve's proxy, controller and replicas), not its
+    client threads."""
+    spent = dict.fromkeys([*ROLES.values(), OTHER], 0.0)
     for child in psutil.Process().children(recursive=True):
         try:
             times = child.cpu_times()
+            title = " ".join(child.cmdline())
         except psutil.Error:  # a process that ended between listing and reading it
             continue
-        total += times.user + times.system
-    return total
+        role = next((role for key, role in ROLES.items() if key in title), OTHER)
+        spent[role] += times.user + times.system
+    return spent
+
+
+def stage_cpu_seconds(deployment: str, replicas: int) -> dict[str, float]:
+    """The stages' CPU seconds so far, summed over the deployment's replicas: each call reaches
+    one replica, so call until every one has answered."""
+    from ray import serve
+
+    handle = serve.get_deployment_handle(deployment, app_name="l2s")
+    seen: dict[str, dict[str, float]] = {}
+    for _ in range(200):
+        replica, seconds = handle.stage_cpu.remote().result()
+        seen[replica] = seconds
+        if len(seen) == replicas:
+            return {
+                stage: sum(s.get(stage, 0.0) for s in seen.values()) for stage in STAGES[deployment]
+            }
+    sys.exit(f"{deployment}: {len(seen)} of {replicas} replicas answered in 200 calls")
+
+
+def minus(after: dict[str, float], before: dict[str, float], per: float = 1.0) -> dict[str, float]:
+    return {k: (v - before.get(k, 0.0)) / per for k, v in after.items()}
 
 
 def mean_batch(counts: dict[int, int]) -> float:
@@ -223,13 +298,23 @@ def run_variant(name: str, cfg, clips: list[Path], args: argparse.Namespace) -> 
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(app_for(cfg), name="l2s", route_prefix="/")
     url = f"http://127.0.0.1:{port}"
+    replicas = {"Preprocess": cfg.min_preprocess_replicas, "Synthesizer": cfg.model_replicas}
+
+    def stages() -> dict[str, float]:
+        return {k: v for name, n in replicas.items() for k, v in stage_cpu_seconds(name, n).items()}
+
     try:
         load(url, clips, args.clients, args.clients)  # warm-up: every replica has run once
         synthesizer = serve.get_deployment_handle("Synthesizer", app_name="l2s")
         before = synthesizer.batch_sizes.remote().result()
+        stages_before = stages()
+        idle_before = server_cpu_seconds()
+        time.sleep(args.idle_seconds)
         cpu_before = server_cpu_seconds()
+        idle = minus(cpu_before, idle_before, args.idle_seconds)
         latencies, wall_s = load(url, clips, args.clients, args.requests)
-        cpu_s = server_cpu_seconds() - cpu_before
+        cpu = minus(server_cpu_seconds(), cpu_before, len(latencies))
+        stage_cpu = minus(stages(), stages_before, len(latencies))
         after = synthesizer.batch_sizes.remote().result()
     finally:
         serve.shutdown()
@@ -243,7 +328,9 @@ def run_variant(name: str, cfg, clips: list[Path], args: argparse.Namespace) -> 
         video_s=args.seconds * len(latencies),
         model_batch=mean_batch(new["model"]),
         vocoder_batch=mean_batch(new["vocoder"]),
-        server_cpu_s=cpu_s / len(latencies),
+        server_cpu=cpu,
+        stage_cpu=stage_cpu,
+        idle_cpu=idle,
     )
 
 
@@ -264,6 +351,9 @@ def report(results: list[Result], args: argparse.Namespace) -> None:
             f"{r.percentile(99):7.2f} {r.throughput:7.2f} {r.video_s / r.wall_s:10.2f} "
             f"{r.model_batch:12.2f} {r.vocoder_batch:14.2f} {r.server_cpu_s:10.2f}"
         )
+    overhead(results, args)
+    if len(results) < 2:
+        return
     on, off = results
     print(
         f"batching ÷ no batching: throughput ×{on.throughput / off.throughput:.2f}, "
@@ -275,6 +365,51 @@ def report(results: list[Result], args: argparse.Namespace) -> None:
         print(
             f"issue 6 target (p50 <= 1.5 s, p99 <= 4 s) with batching: {'met' if met else 'NOT met'}"
         )
+
+
+def overhead(results: list[Result], args: argparse.Namespace) -> None:
+    """The server's CPU per request beyond its stages, in all and by process."""
+    cores = os.cpu_count() or 1
+    stages = list(results[0].stage_cpu)
+    print(
+        "\nserver CPU-s per request: the stages' own (as the replicas count them), the overhead "
+        "beyond them = server − stages,\nof it idle = Ray's CPU rate with no request in work × "
+        "this run's wall time per request, per request = overhead − idle,\nat full use = per "
+        f"request + the idle rate × the least wall time per request on {cores} cores that do "
+        "nothing else"
+    )
+    print(
+        f"{'variant':<12} {'requests':>8} {'server':>7} "
+        + " ".join(f"{stage:>10}" for stage in stages)
+        + f" {'stages':>7} {'overhead':>8} {'idle':>6} {'per req':>7} {'full use':>8} {'wall s':>7}"
+    )
+    for r in results:
+        print(
+            f"{r.variant:<12} {len(r.latencies):8d} {r.server_cpu_s:7.3f} "
+            + " ".join(f"{r.stage_cpu[stage]:10.3f}" for stage in stages)
+            + f" {r.stages_cpu_s:7.3f} {r.overhead:8.3f} {r.idle_share:6.3f} "
+            f"{r.overhead - r.idle_share:7.3f} {r.at_full_use(cores):8.3f} {r.wall_s:7.1f}"
+        )
+    print(
+        "overhead CPU-s per request by process (a replica's beyond its stages), idle rate in CPU-s/s:"
+    )
+    roles = list(results[0].server_cpu)
+    print(f"{'variant':<12} " + " ".join(f"{role:>11}" for role in roles))
+    for r in results:
+        beyond = {
+            role: spent - sum(r.stage_cpu[stage] for stage in STAGES.get(role, ()))
+            for role, spent in r.server_cpu.items()
+        }
+        print(f"{r.variant:<12} " + " ".join(f"{beyond[role]:11.3f}" for role in roles))
+        print(f"{'  idle rate':<12} " + " ".join(f"{r.idle_cpu[role]:11.4f}" for role in roles))
+    if args.seconds == 3:
+        for r in results:
+            met = r.overhead <= 0.05
+            print(
+                f"issue 16 target (overhead <= 0.05 CPU-s per 3-s request), {r.variant}: "
+                f"{'met' if met else 'NOT met'} as measured ({r.overhead:.3f}); at full use "
+                f"{r.at_full_use(cores):.3f}"
+            )
 
 
 def screenshot(cfg, clips: list[Path], args: argparse.Namespace) -> None:
@@ -312,6 +447,16 @@ def main() -> None:
     parser.add_argument("--max-batch-size", type=int, default=8)
     parser.add_argument("--vocoder", help="griffin-lim (default) or a HiFi-GAN run / checkpoint")
     parser.add_argument("--no-profile", action="store_true", help="skip the stage costs")
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        choices=("batching", "no-batching"),
+        default=["batching", "no-batching"],
+        help="which server variants to run",
+    )
+    parser.add_argument(
+        "--idle-seconds", type=float, default=30.0, help="quiet after the warm-up: Ray's idle CPU"
+    )
     parser.add_argument("--screenshot", type=Path, help="save a screenshot of the page instead")
     parser.add_argument("--mode", choices=("speech", "dub"), default="dub")
     args = parser.parse_args()
@@ -339,11 +484,11 @@ def main() -> None:
         if args.screenshot:
             screenshot(cfg, clips, args)
             return
-        unbatched = dataclasses.replace(cfg, max_batch_size=1)
-        results = [
-            run_variant("batching", cfg, clips, args),
-            run_variant("no batching", unbatched, clips, args),
-        ]
+        variants = {
+            "batching": ("batching", cfg),
+            "no-batching": ("no batching", dataclasses.replace(cfg, max_batch_size=1)),
+        }
+        results = [run_variant(*variants[v], clips, args) for v in args.variants]
         report(results, args)
 
 

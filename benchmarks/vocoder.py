@@ -12,6 +12,10 @@ at a time, after one warm-up call) with its ratio to Griffin-Lim's.
 
 from __future__ import annotations
 
+import l2s  # noqa: F401  first: it sets OMP_WAIT_POLICY before torch loads OpenMP
+
+# isort: split
+
 import argparse
 import time
 
@@ -27,14 +31,14 @@ def run(dataset: str, split: str, specs: list[str | None], limit: int | None) ->
     from l2s.evaluate.metrics import score_utterance
     from l2s.infer.vocoder import load_vocoder
     from l2s.pipeline import shards
-    from l2s.pipeline.generate import source_videos
+    from l2s.pipeline.generate import source_rows
     from l2s.train.vocoder_data import clip_audio
 
     rows = sorted(shards.read_features(dataset, split=split), key=lambda r: r.id)[:limit]
     if not rows:
         raise SystemExit(f"{dataset}: no clips in split {split!r}")
-    videos = source_videos(dataset)
-    references = {r.id: clip_audio(videos[r.id], r.n_frames, r.id) for r in rows}
+    sources = source_rows(dataset)
+    references = {r.id: clip_audio(sources[r.id], r.n_frames) for r in rows}
     console = Console()
     scores = []
     for spec in specs:
@@ -78,10 +82,10 @@ def main() -> None:
     rtf = {r["system"]: r["rtf"] for r in rows if "rtf" in r}
     clips = [r for r in rows if "rtf" not in r]
     print_summary(clips, title="vocoders on ground-truth mels (mean ± 95 % interval)")
-    summary = summarize(clips)
-    base, ours = summary[(args.split, "griffin-lim")], summary[(args.split, "hifigan")]
+    means = summarize(clips).means
+    base, ours = means[(args.split, "griffin-lim")], means[(args.split, "hifigan")]
     deltas = "  ".join(
-        f"{m} {ours[m][0] - base[m][0]:+.3f}" for m in METRICS if m in base and m in ours
+        f"{m} {ours[m].value - base[m].value:+.3f}" for m in METRICS if m in base and m in ours
     )
     print(f"hifigan − griffin-lim: {deltas}")
     print(

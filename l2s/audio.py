@@ -25,9 +25,22 @@ class AudioError(ValueError):
     """A file has no usable audio; the message names the file and the problem."""
 
 
-def load_audio(source: str | Path | BinaryIO, sample_rate: int = AUDIO.sample_rate) -> np.ndarray:
-    """Decode the first audio stream of any container (wav, mp4, mkv, …) to mono float32 at `sample_rate`."""
+def load_audio(
+    source: str | Path | BinaryIO,
+    sample_rate: int = AUDIO.sample_rate,
+    start: float = 0.0,
+    duration: float | None = None,
+) -> np.ndarray:
+    """Decode the first audio stream of any container (wav, mp4, mkv, …) to mono float32 at
+    `sample_rate`: from sample round(start · sample_rate) on, round(duration · sample_rate)
+    samples when a `duration` is given (fewer where the audio ends sooner), else to the end.
+
+    Always decoded from the first sample (no seek), so a segment's samples are exactly the whole
+    clip's at the same positions; decoding stops once the segment is complete.
+    """
     name = getattr(source, "name", source)
+    first = round(start * sample_rate)
+    end = None if duration is None else first + round(duration * sample_rate)
     try:
         container = av.open(source if not isinstance(source, Path) else str(source))
     except (av.error.FFmpegError, OSError) as e:
@@ -39,10 +52,16 @@ def load_audio(source: str | Path | BinaryIO, sample_rate: int = AUDIO.sample_ra
         padding_limit = _padding_limit(stream, sample_rate)
         resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
         chunks = []
+        decoded = 0
         try:
             for frame in container.decode(audio=0):
-                chunks.extend(f.to_ndarray().reshape(-1) for f in resampler.resample(frame))
-            chunks.extend(f.to_ndarray().reshape(-1) for f in resampler.resample(None))
+                for f in resampler.resample(frame):
+                    chunks.append(f.to_ndarray().reshape(-1))
+                    decoded += len(chunks[-1])
+                if end is not None and decoded >= end:
+                    break
+            else:
+                chunks.extend(f.to_ndarray().reshape(-1) for f in resampler.resample(None))
         except av.error.FFmpegError as e:
             raise AudioError(f"{name}: audio decode failed ({e})") from e
     if not chunks:
@@ -50,7 +69,12 @@ def load_audio(source: str | Path | BinaryIO, sample_rate: int = AUDIO.sample_ra
     wav_S = np.concatenate(chunks).astype(np.float32)
     if padding_limit is not None and 0 < len(wav_S) - padding_limit[0] <= padding_limit[1]:
         wav_S = wav_S[: padding_limit[0]]
-    return wav_S
+    if first and first >= len(wav_S):
+        seconds = len(wav_S) / sample_rate
+        raise AudioError(
+            f"{name}: starts at {start:.2f} s, after the audio's end ({seconds:.2f} s)"
+        )
+    return wav_S[first:end]
 
 
 def _padding_limit(stream: av.audio.stream.AudioStream, sample_rate: int) -> tuple[int, int] | None:

@@ -199,6 +199,10 @@ def train(
     dropout: Annotated[
         float | None, typer.Option(help="Model dropout (default: the preset's).")
     ] = None,
+    init: Annotated[
+        str | None,
+        typer.Option(help="Start from this checkpoint's (or run's) weights: fine-tuning."),
+    ] = None,
     seed: Seed = 0,
 ) -> None:
     """Train the lip-to-speech model on Ray Train (DDP or DeepSpeed); rerun to resume."""
@@ -234,6 +238,7 @@ def train(
         workers=workers,
         cpus_per_worker=cpus_per_worker,
         time_budget_min=time_budget,
+        init=init,
         seed=seed,
     )
     _print_run(
@@ -332,8 +337,12 @@ def generate(
 def score(
     results: Annotated[list[str], typer.Argument(help="Results folders (l2s generate).")],
     asr: Annotated[
-        str | None, typer.Option(help="WER/CER with pocketsphinx: grid, open (or none).")
-    ] = None,
+        str,
+        typer.Option(
+            help="WER/CER with pocketsphinx: auto (the GRID grammar when every transcript is a "
+            "GRID sentence, else the open LM), grid, open, or none."
+        ),
+    ] = "auto",
     report: Annotated[
         Path | None, typer.Option(help="HTML report (default: beside the first results folder)")
     ] = None,
@@ -341,11 +350,16 @@ def score(
     """Score generated speech against the recordings, with ground-truth-mel and mean-mel baselines;
     print the summary and write an HTML report."""
     from l2s.evaluate.report import write_report
-    from l2s.evaluate.split import print_summary, score_results
+    from l2s.evaluate.split import ASR_MODES, print_summary, score_results
     from l2s.pipeline.runtime import connect
 
+    if asr not in (*ASR_MODES, "none"):
+        console.print(f"[red]error:[/] --asr {asr!r}: use one of {', '.join(ASR_MODES)}, none")
+        raise typer.Exit(2)
     connect()
-    rows = [row for folder in results for row in score_results(folder, asr)]
+    rows = [
+        row for folder in results for row in score_results(folder, None if asr == "none" else asr)
+    ]
     print_summary(rows, console)
     path = write_report(results, rows, report or Path(results[0]).parent / "report.html")
     console.print(f"report: {path}")
@@ -354,14 +368,25 @@ def score(
 @app.command()
 def demo(
     out: Annotated[str, typer.Option(help="Folder for everything the demo makes.")] = "out/demo",
-    speakers: Annotated[int, typer.Option(help="Speakers in the synthetic corpus.")] = 4,
-    utterances: Annotated[int, typer.Option(help="Utterances per speaker.")] = 40,
-    minutes: Annotated[float, typer.Option(help="Training time of the tiny preset.")] = 7.0,
+    quick: Annotated[
+        bool, typer.Option(help="A few clips and a minute of training: does everything run?")
+    ] = False,
+    speakers: Annotated[int | None, typer.Option(help="Speakers in the synthetic corpus.")] = None,
+    utterances: Annotated[int | None, typer.Option(help="Utterances per speaker.")] = None,
+    steps: Annotated[int | None, typer.Option(help="Training steps of the tiny preset.")] = None,
+    minutes: Annotated[
+        float | None, typer.Option(help="Most minutes of training (stops there, even short).")
+    ] = None,
 ) -> None:
     """The whole system on a local Ray: synth → preprocess → train → generate → score → report."""
-    from l2s.demo import run_demo
+    from l2s.demo import DemoConfig, run_demo
+    from l2s.demo import quick as quick_config
 
-    run_demo(out, speakers, utterances, minutes)
+    cfg = quick_config(out) if quick else DemoConfig(out=out)
+    given = {"speakers": speakers, "utterances": utterances, "steps": steps}
+    given["max_train_minutes"] = minutes
+    cfg = dataclasses.replace(cfg, **{k: v for k, v in given.items() if v is not None})
+    run_demo(cfg)
 
 
 @app.command()

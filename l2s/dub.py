@@ -286,7 +286,7 @@ def _scores(source: str, info: VideoInfo, wav: str) -> tuple[dict | None, str]:
     The track is what was said while the lips moved, when the source has one (a damaged or
     re-recorded track scores low for reasons of its own).
     """
-    from l2s.evaluate.metrics import score_utterance
+    from l2s.evaluate.metrics import nan_reasons_of, score_utterance
 
     if not info.has_audio:
         return None, "the source has no audio track to compare with"
@@ -296,7 +296,8 @@ def _scores(source: str, info: VideoInfo, wav: str) -> tuple[dict | None, str]:
         return None, f"the source's audio track cannot be decoded ({e})"
     row = score_utterance(reference_S, load_audio(wav))
     scores = {k: None if math.isnan(row[k]) else round(float(row[k]), 4) for k in SCORE_KEYS}
-    return scores, str(row["nan_reasons"])
+    reasons = nan_reasons_of(str(row["nan_reasons"]))
+    return scores, "; ".join(f"{k}: {why}" for k, why in reasons.items() if k in SCORE_KEYS)
 
 
 def dub_video(model: SpeechModel, plan: DubPlan, video: SourceVideo) -> LedgerRecord:

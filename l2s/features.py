@@ -67,7 +67,8 @@ class DecodedClip:
 
 
 def decode_clip(row: ManifestRow, cfg: FeatureConfig) -> DecodedClip:
-    """Read a manifest row's video (local or s3://) into 25 fps frames and 16 kHz audio."""
+    """Read a manifest row's video (local or s3://) into 25 fps frames and 16 kHz audio: the
+    whole clip, or the row's segment [start, start + duration) of it."""
     try:
         data = storage.read_bytes(row.video)
     except OSError as e:
@@ -76,17 +77,15 @@ def decode_clip(row: ManifestRow, cfg: FeatureConfig) -> DecodedClip:
         raise ClipError("read", f"{row.video} is empty (0 bytes)")
     try:
         info = probe(named_bytes(data, row.video))
-        if info.duration > cfg.max_seconds:
-            raise ClipError(
-                "decode",
-                f"clip is {info.duration:.0f} s long; the limit is {cfg.max_seconds:.0f} s",
-            )
+        _check_span(row, info, cfg)
         if not info.has_audio:
             raise ClipError(
                 "audio", "no audio stream (the speech target comes from the clip's audio)"
             )
-        frames_THWC, scale = _read_frames(named_bytes(data, row.video), cfg, info)
-        audio_S = load_audio(named_bytes(data, row.video), AUDIO.sample_rate)
+        frames_THWC, scale = _read_frames(named_bytes(data, row.video), cfg, info, row)
+        audio_S = load_audio(
+            named_bytes(data, row.video), AUDIO.sample_rate, row.start, row.duration
+        )
     except VideoError as e:
         raise ClipError("decode", str(e)) from e
     except AudioError as e:
@@ -97,12 +96,42 @@ def decode_clip(row: ManifestRow, cfg: FeatureConfig) -> DecodedClip:
             "decode",
             f"only {n_frames} frames with audio ({len(frames_THWC)} video, {len(audio_S) / AUDIO.sample_rate:.2f} s audio)",
         )
+    # A segment's length in samples need not be a whole number of video frames: one frame short.
+    if row.duration is not None and n_frames < round(row.duration * VIDEO.fps) - 1:
+        raise ClipError(
+            "decode",
+            f"segment {row.start:.2f}–{row.start + row.duration:.2f} s runs past the clip's end: "
+            f"{n_frames / VIDEO.fps:.2f} s of it has video and audio",
+        )
     return DecodedClip(
         row=row,
         frames_THWC=frames_THWC[:n_frames],
         audio_S=audio_S[: n_frames * SAMPLES_PER_FRAME],
         scale=scale,
     )
+
+
+def _check_span(row: ManifestRow, info: VideoInfo, cfg: FeatureConfig) -> None:
+    """Refuse, from the header alone, a clip (or segment) over the length limit and a segment
+    that starts after the clip ends (a container that states no duration is checked on decode)."""
+    if info.duration and row.start >= info.duration:
+        raise ClipError(
+            "decode",
+            f"segment starts at {row.start:.2f} s, after the clip's end ({info.duration:.2f} s)",
+        )
+    if row.duration is not None:
+        if row.duration > cfg.max_seconds:
+            raise ClipError(
+                "decode",
+                f"segment is {row.duration:.0f} s long; the limit is {cfg.max_seconds:.0f} s",
+            )
+    elif info.duration - row.start > cfg.max_seconds:
+        after = f" after {row.start:.2f} s" if row.start else ""
+        raise ClipError(
+            "decode",
+            f"clip is {info.duration - row.start:.0f} s long{after}; "
+            f"the limit is {cfg.max_seconds:.0f} s",
+        )
 
 
 def named_bytes(data: bytes, uri: str) -> io.BytesIO:
@@ -113,16 +142,19 @@ def named_bytes(data: bytes, uri: str) -> io.BytesIO:
 
 
 def _read_frames(
-    source: io.BytesIO, cfg: FeatureConfig, info: VideoInfo
+    source: io.BytesIO, cfg: FeatureConfig, info: VideoInfo, row: ManifestRow
 ) -> tuple[np.ndarray, float]:
-    """All 25 fps frames, downscaled to `cfg.max_side`, and the scale (decoded / source width).
+    """The row's 25 fps frames, downscaled to `cfg.max_side`, and the scale (decoded / source
+    width).
 
     Stops at `cfg.max_seconds`, which `probe` cannot enforce on containers that state no duration
     (live-recorded WebM / MKV, as browsers write them).
     """
     limit = cfg.max_seconds * VIDEO.fps + 1
     frames: list[np.ndarray] = []
-    for frame_HWC in iter_frames(source, fps=VIDEO.fps, max_side=cfg.max_side):
+    for frame_HWC in iter_frames(
+        source, fps=VIDEO.fps, max_side=cfg.max_side, start=row.start, duration=row.duration
+    ):
         if len(frames) >= limit:
             stated = f"{info.duration:.0f} s" if info.duration else "no duration"
             raise ClipError(
@@ -131,6 +163,10 @@ def _read_frames(
                 f"(its container states {stated})",
             )
         frames.append(frame_HWC)
+    if not frames:
+        raise ClipError(
+            "decode", f"segment starts at {row.start:.2f} s, after the clip's last frame"
+        )
     frames_THWC = np.stack(frames)
     return frames_THWC, frames_THWC.shape[2] / max(info.width, frames_THWC.shape[2])
 

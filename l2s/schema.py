@@ -6,6 +6,7 @@ F mel frames (4 per video frame), D speaker-embedding size.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields
 
 import numpy as np
@@ -17,7 +18,9 @@ SPLITS = ("train", "val", "test", "test_unseen_speakers", "pretrain")
 
 @dataclass(frozen=True, kw_only=True)
 class ManifestRow:
-    """One utterance of a corpus: where its video is and what was said."""
+    """One utterance of a corpus: where its video is and what was said. The utterance is the
+    segment [start, start + duration) of the video, in seconds from its first frame (duration
+    None: to the end), as long recordings hold several (LRS3 pretrain)."""
 
     id: str
     speaker: str
@@ -33,6 +36,10 @@ class ManifestRow:
             raise ValueError("manifest row needs an id")
         if self.split not in SPLITS:
             raise ValueError(f"{self.id}: unknown split {self.split!r} (expected one of {SPLITS})")
+        if not (isinstance(self.start, int | float) and 0 <= self.start < math.inf):
+            raise ValueError(f"{self.id}: segment start {self.start} s is not a time in the video")
+        if self.duration is not None and not 0 < self.duration < math.inf:
+            raise ValueError(f"{self.id}: segment duration {self.duration} s is not positive")
 
 
 MANIFEST_SCHEMA = pa.schema(

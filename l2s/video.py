@@ -94,18 +94,25 @@ def iter_frames(
     fps: int = VIDEO.fps,
     gray: bool = False,
     max_side: int | None = None,
+    start: float = 0.0,
+    duration: float | None = None,
 ) -> Iterator[np.ndarray]:
-    """Yield frames resampled to `fps`: output frame k shows the source frame nearest to k / fps.
+    """Yield frames resampled to `fps`: output frame k shows the source frame nearest to
+    start + k / fps (seconds from the first frame), for round(duration · fps) frames when a
+    `duration` is given (fewer where the video ends sooner), else to the end.
 
     `max_side` downscales (area average) frames whose long side is larger, inside FFmpeg's scaler
     as each frame is converted to RGB: half the CPU of converting at full size and resizing after
     (0.17 against 0.36 CPU-s for 3 s of 844² h264; `benchmarks/serve.py` prints it). A source
-    frame is converted only when it is shown, so frames the resampling drops cost no conversion.
-    Streams (constant memory), so hour-long inputs are fine for callers that consume lazily.
+    frame is converted only when it is shown, so frames the resampling drops, and frames before
+    `start`, cost no conversion (they are still decoded: no seek, so a segment shows exactly the
+    frames the whole clip shows at its times). Streams (constant memory), so hour-long inputs are
+    fine for callers that consume lazily.
     """
     name = getattr(source, "name", source)
     fmt = "gray" if gray else "rgb24"
     size: tuple[int, int] | None = None  # fixed by the first frame, so every frame has one size
+    wanted = None if duration is None else round(duration * fps)
 
     def convert(frame: av.VideoFrame) -> np.ndarray:
         nonlocal size
@@ -132,17 +139,19 @@ def iter_frames(
                 t = frame.time - first_time
                 if previous is not None:
                     frame_gap = max(t - previous[0], 1e-6)
-                    while k * step < (previous[0] + t) / 2:
+                    while start + k * step < (previous[0] + t) / 2:
+                        if k == wanted:
+                            return
                         shown = convert(previous[1]) if shown is None else shown
                         yield shown
                         k += 1
                 previous, shown = (t, frame), None
         except av.error.FFmpegError as e:
-            raise VideoError(f"{name}: video decode failed at {k / fps:.2f} s ({e})") from e
+            raise VideoError(f"{name}: video decode failed at {start + k / fps:.2f} s ({e})") from e
         if previous is None:
             raise VideoError(f"{name}: video stream has no decodable frames")
         end = previous[0] + frame_gap
-        while k * step < end - step / 2:
+        while start + k * step < end - step / 2 and k != wanted:
             shown = convert(previous[1]) if shown is None else shown
             yield shown
             k += 1

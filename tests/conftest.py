@@ -12,7 +12,20 @@ import pytest
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "real"
+
+def _shared() -> Path:
+    """The workplace's shared data (real fixtures, GRID s1): $L2S_SHARED, else `shared/` beside the
+    clone, else /work/shared (where a clone elsewhere, such as CI's, still finds it)."""
+    candidates = [os.environ.get("L2S_SHARED"), Path(__file__).resolve().parents[2] / "shared"]
+    for candidate in [*candidates, "/work/shared"]:
+        if candidate and Path(candidate).is_dir():
+            return Path(candidate)
+    return Path(__file__).resolve().parents[2] / "shared"
+
+
+SHARED = _shared()
+FIXTURES = SHARED / "fixtures" / "real"
+GRID_S1 = SHARED / "data" / "grid_s1"
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -80,11 +93,17 @@ def synth_features(synth_manifest: str, ray_local, tmp_path_factory: pytest.Temp
     return out
 
 
+# Dummy credentials for the local S3 server. Ray workers take credentials from their node's
+# environment (l2s never puts them in a runtime_env), so they are set before Ray starts.
+S3_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
+
+
 @pytest.fixture(scope="session")
 def ray_local():
     """One local Ray for the whole session, sized for a 2-core machine."""
     import ray
 
+    os.environ.update(S3_CREDENTIALS)
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
@@ -104,9 +123,10 @@ def s3_endpoint() -> Iterator[str]:
 
 @pytest.fixture
 def bucket(s3_endpoint: str, monkeypatch, request) -> str:
-    """A fresh bucket on the local server, with dummy credentials set for this test only."""
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    """A fresh bucket on the local server, with dummy credentials set for this test (and for the
+    session's Ray workers, which cannot take them from this test: see S3_CREDENTIALS)."""
+    for name, value in S3_CREDENTIALS.items():
+        monkeypatch.setenv(name, value)
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
     monkeypatch.delenv("AWS_PROFILE", raising=False)
     monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 import tracemalloc
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fractions import Fraction
 from itertools import islice
 from pathlib import Path
@@ -307,6 +307,43 @@ def test_frame_rates_are_resampled_to_25_fps_by_timestamp(media: Media, name: st
         shown = read_stamp(image_HWC)
         offsets = np.abs(times - k / VIDEO.fps)
         assert offsets[shown] <= offsets.min() + 1e-9, (k, shown, int(np.argmin(offsets)))
+
+
+@pytest.mark.parametrize("name", ["fps30", "vfr_irregular"])
+def test_a_segment_is_cut_by_timestamp_and_by_sample(media: Media, name: str) -> None:
+    """Segment frame k shows the source frame nearest in time to start + k / 25 s (a start
+    between two frames included); its audio starts at sample round(start · 16000)."""
+    path, times = media.paths[name], media.pts[name]
+    start, duration = 0.53, 1.2
+    clip = decode_clip(replace(manifest_row(name, path), start=start, duration=duration), CFG)
+    assert len(clip.frames_THWC) == 30
+    for k, image_HWC in enumerate(clip.frames_THWC):
+        shown = read_stamp(image_HWC)
+        offsets = np.abs(times - (start + k / VIDEO.fps))
+        assert offsets[shown] <= offsets.min() + 1e-9, (k, shown, int(np.argmin(offsets)))
+    first = round(start * SR)
+    assert np.array_equal(clip.audio_S, load_audio(path)[first : first + round(duration * SR)])
+
+
+def test_a_segment_is_held_to_the_limit_and_to_the_clip(media: Media) -> None:
+    """The length limit is the segment's, so a long recording's segments are fine; a segment the
+    clip does not hold, or a row that is no segment at all, is refused saying so."""
+    row = manifest_row("too_long", media.paths["too_long"])  # 12 s; the limit is 8 s
+    clip = decode_clip(replace(row, start=9.0, duration=2.0), CFG)
+    assert len(clip.frames_THWC) == 50
+    refusals = {
+        (2.0, 9.0): "segment is 9 s long; the limit is 8 s",
+        (3.0, None): r"clip is 9 s long after 3\.00 s; the limit is 8 s",
+        (12.5, 1.0): r"segment starts at 12\.50 s, after the clip's end \(12\.00 s\)",
+        (11.0, 2.0): r"segment 11\.00–13\.00 s runs past the clip's end: 1\.00 s of it has",
+    }
+    for (start, duration), reason in refusals.items():
+        with pytest.raises(ClipError, match=reason):
+            decode_clip(replace(row, start=start, duration=duration), CFG)
+    with pytest.raises(ValueError, match=r"bad/too_long: segment start -1\.0 s"):
+        replace(row, start=-1.0)
+    with pytest.raises(ValueError, match=r"bad/too_long: segment duration 0\.0 s is not positive"):
+        replace(row, duration=0.0)
 
 
 def test_large_frames_are_downscaled_while_decoding(tmp_path: Path) -> None:

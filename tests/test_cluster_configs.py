@@ -33,6 +33,10 @@ from l2s.cli import app
 REPO = Path(__file__).resolve().parents[1]
 LAUNCHER_CONFIGS = sorted((REPO / "cluster").glob("*.yaml"))
 MANIFESTS = sorted((REPO / "manifests").glob("*.yaml"))
+# Storage credentials: never written in a config, never sent in a job's runtime_env (anyone who
+# can list jobs reads it); nodes hold them (instance profile, service account role, this Secret).
+SECRET_NAMES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+CREDENTIALS_FROM_SECRET = {"secretRef": {"name": "l2s-s3", "optional": True}}
 # Where cluster/Dockerfile puts the checkout inside the image.
 IMAGE_CHECKOUT = "/home/ray/l2s"
 # The Serve app, agreed with the serve branch (l2s/serve/app.py).
@@ -177,6 +181,23 @@ def test_aws_cluster_has_a_cpu_only_head_and_gpu_workers() -> None:
     assert docker["head_image"] == f"rayproject/ray:{ray.__version__}-{python}-cpu"
 
 
+def test_aws_workers_reach_s3_with_an_instance_profile() -> None:
+    """`ray up` gives only the head an instance profile; a worker without one cannot read S3."""
+    config = _load(REPO / "cluster" / "aws-gpu.yaml")
+    for name, node_type in config["available_node_types"].items():
+        if name != config["head_node_type"]:
+            assert node_type["node_config"].get("IamInstanceProfile"), f"{name}: no profile"
+
+
+@pytest.mark.parametrize("path", [*LAUNCHER_CONFIGS, *MANIFESTS], ids=lambda p: p.name)
+def test_config_names_no_secret_outside_its_comments(path: Path) -> None:
+    """A key in a config leaks with the repository; one in runtimeEnvYAML with the job's metadata.
+    (Comments may show how to put keys in the Secret.)"""
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        code = line.split("#", 1)[0]
+        assert not [n for n in SECRET_NAMES if n in code], f"{path.name}:{number}: {line.strip()}"
+
+
 @pytest.mark.parametrize("path", LAUNCHER_CONFIGS, ids=lambda p: p.name)
 def test_launcher_config_installs_this_checkout(path: Path) -> None:
     config = _load(path)
@@ -253,6 +274,8 @@ def _check_pod(template: dict, kind: str, where: str) -> None:
     assert containers, f"{where}: no containers"
     container = containers[0]
     assert container["name"] and container["image"] == f"l2s:{l2s.__version__}-{kind}", where
+    assert template["spec"].get("serviceAccountName") == "l2s", f"{where}: no S3 role"
+    assert CREDENTIALS_FROM_SECRET in container.get("envFrom", []), f"{where}: no S3 keys"
     gpus = {int(container["resources"][k].get("nvidia.com/gpu", 0)) for k in ("requests", "limits")}
     assert gpus == ({1} if kind == "gpu" else {0}), f"{where}: GPUs {gpus}"
 

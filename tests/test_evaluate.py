@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import itertools
 import math
 import pickle
@@ -13,13 +14,25 @@ import pesq
 import pystoi
 import pytest
 import soundfile as sf
+from conftest import FIXTURES
+from rich.console import Console
 
 from l2s.config import AUDIO
 from l2s.evaluate import metrics
-from l2s.evaluate.asr import GRID_WORDS, ASRBackend, PocketSphinxASR, asr_for_corpus
-from l2s.evaluate.metrics import MetricUnavailable
+from l2s.evaluate.asr import (
+    GRID_WORDS,
+    ASRBackend,
+    PocketSphinxASR,
+    asr_for_corpus,
+    is_grid_sentence,
+    mode_for_transcripts,
+)
+from l2s.evaluate.metrics import MetricUnavailable, nan_reasons_of
+from l2s.evaluate.split import print_summary, reference_audio, summarize
+from l2s.features import FeatureConfig, decode_clip
+from l2s.schema import ManifestRow
 
-REAL = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "real"
+REAL = FIXTURES
 SPEECH = REAL / "python-pesq__speech.wav"
 # Harvard sentence list 1, no. 1: what the fixture says (checked by ear and by the ASR below).
 SPEECH_TEXT = "The birch canoe slid on the smooth planks."
@@ -71,7 +84,7 @@ def test_identical_signals_score_perfectly(speech: np.ndarray) -> None:
     assert row["estoi"] == pytest.approx(1.0, abs=1e-6)
     assert row["mcd"] == 0.0
     assert row["pesq_wb"] > 4.6 and row["pesq_nb"] > 4.5
-    assert row["nan_reasons"] == ""
+    assert not nan_reasons_of(row["nan_reasons"]).keys() & metrics.SIGNAL_METRICS.keys()
 
 
 def test_mcd_grows_with_noise_and_ignores_level(speech: np.ndarray) -> None:
@@ -131,11 +144,7 @@ def test_score_row_has_fixed_columns(speech: np.ndarray) -> None:
     assert row["speaker_similarity"] == pytest.approx(1.0)
     assert row["wer"] == 0.0 and row["ref_words"] == 8 and row["duration_s"] == pytest.approx(3.1)
     bare = metrics.score_utterance(speech, speech)
-    assert (
-        tuple(bare) == metrics.SCORE_COLUMNS
-        and math.isnan(bare["wer"])
-        and bare["nan_reasons"] == ""
-    )
+    assert tuple(bare) == metrics.SCORE_COLUMNS and math.isnan(bare["wer"])
 
 
 def test_transcripts_are_normalised_before_wer() -> None:
@@ -188,9 +197,8 @@ GRID_SENTENCES = (
 
 
 def test_grid_grammar_recognises_espeak_sentences() -> None:
-    espeak = pytest.importorskip(
-        "l2s.synth.espeak", reason="GRID speech comes from l2s.synth.espeak"
-    )
+    from l2s.synth import espeak
+
     asr = asr_for_corpus("grid")
     vocabulary = {w.upper() for words in GRID_WORDS.values() for w in words}
     references, heard = [], []
@@ -206,3 +214,135 @@ def test_grid_grammar_recognises_espeak_sentences() -> None:
     assert all(set(h.split()) <= vocabulary for h in heard)
     # Measured 0.15 on these 12 (0.08-0.33 per voice on 25 random sentences each).
     assert error <= 0.3
+
+
+def unexplained_nans(row: dict) -> list[str]:
+    reasons = nan_reasons_of(row["nan_reasons"])
+    return [k for k in metrics.SCORE_COLUMNS[:-1] if math.isnan(row[k]) and k not in reasons]
+
+
+def test_every_nan_in_a_score_row_says_why(speech: np.ndarray) -> None:
+    bare = metrics.score_utterance(speech, speech)
+    assert unexplained_nans(bare) == []
+    assert nan_reasons_of(bare["nan_reasons"]) == {
+        "speaker_similarity": "no speaker encoder",
+        "wer": "no transcript",
+        "cer": "no transcript",
+    }
+    embedding_D = np.ones(256, np.float32) / 16
+    no_voice = MetricUnavailable("no speaker embedding of the mean_mel speech (silent)")
+    row = metrics.score_utterance(
+        speech,
+        np.zeros_like(speech),
+        reference_embedding=embedding_D,
+        generated_embedding=no_voice,
+        transcript=SPEECH_TEXT,
+    )
+    reasons = nan_reasons_of(row["nan_reasons"])
+    assert unexplained_nans(row) == []
+    assert reasons["speaker_similarity"] == str(no_voice)
+    assert reasons["wer"] == reasons["cer"] == "no recognizer"
+    assert reasons["pesq_wb"] == "generated signal is silent"
+
+
+def scored(clip: str, system: str, reference_S, generated_S, **text) -> dict:
+    """A summary row as `score_record` makes it, from real signals."""
+    row = metrics.score_utterance(reference_S, generated_S, **text)
+    return {"id": clip, "split": "test", "system": system, "asr": None, **row}
+
+
+def test_summary_compares_systems_on_the_same_clips_and_says_so(speech: np.ndarray) -> None:
+    """System "b" is silent on clip 2, so PESQ has no value there: both systems' PESQ is averaged
+    over clips 0 and 1 (paired), the cells show n=2, and a note says which system lacked it and
+    why. STOI exists everywhere and covers all three clips without a count."""
+    rows = []
+    for i in range(3):
+        rows.append(scored(f"c{i}", "a", speech, noisy(speech, 10.0, seed=i)))
+        b_S = noisy(speech, 5.0, seed=10 + i) if i < 2 else np.zeros_like(speech)
+        rows.append(scored(f"c{i}", "b", speech, b_S))
+    summary = summarize(rows)
+    for system in ("a", "b"):
+        mine = [r for r in rows if r["system"] == system]
+        pesq = summary.means[("test", system)]["pesq_wb"]
+        assert pesq.n == 2 and pesq.value == pytest.approx(
+            np.mean([r["pesq_wb"] for r in mine[:2]])
+        )
+        stoi = summary.means[("test", system)]["stoi"]
+        assert stoi.n == 3 and stoi.value == pytest.approx(np.mean([r["stoi"] for r in mine]))
+    assert any(
+        note.startswith("test pesq_wb: means over 2 of 3 clips")
+        and "no value for b on 1 clip (generated signal is silent: 1)" in note
+        for note in summary.notes
+    ), summary.notes
+    out = io.StringIO()
+    print_summary(rows, Console(file=out, width=250))
+    printed = out.getvalue()
+    print(printed)
+    assert printed.count("(n=2)") == 4  # PESQ-WB and PESQ-NB of both systems
+    assert "generated signal is silent" in printed and "ASR: none" in printed
+    assert "wer" in printed and "cer" in printed  # the columns are there even when empty
+
+
+def test_wer_and_cer_are_pooled_over_words_not_averaged_per_clip(speech: np.ndarray) -> None:
+    references = ["bin blue at f two now please set white", "lay green"]
+    heard = ["bin blue at f two now please set red", "place red"]  # 1 error of 9, 2 of 2
+    rows = [
+        scored(f"c{i}", "l2s", speech, speech, transcript=ref, hypothesis=hyp)
+        for i, (ref, hyp) in enumerate(zip(references, heard, strict=True))
+    ]
+    assert [r["wer"] for r in rows] == pytest.approx([1 / 9, 1.0])  # per clip in the rows
+    means = summarize(rows).means[("test", "l2s")]
+    assert means["wer"].value == pytest.approx(3 / 11)  # not (1/9 + 1) / 2
+    assert means["cer"].value == pytest.approx(metrics.cer(references, heard))
+    assert means["wer"].n == 2
+
+
+def test_the_recogniser_follows_the_transcripts() -> None:
+    grid = ["BIN BLUE AT F TWO NOW", "set white with z nine soon"]
+    assert is_grid_sentence(grid[0]) and not is_grid_sentence("BIN BLUE AT W TWO NOW")
+    assert mode_for_transcripts(grid) == "grid"
+    assert mode_for_transcripts([*grid, "THE DOG WALKS AT HOME"]) == "open"
+    assert mode_for_transcripts([*grid, None]) == "open"  # a clip without one: no grammar claim
+    assert mode_for_transcripts([None, ""]) is None
+
+
+def test_a_scored_split_has_the_recordings_row_and_names_its_recogniser(
+    synth_features: str, checkpoint: str, ray_local, tmp_path: Path
+) -> None:
+    from l2s.evaluate.report import write_report
+    from l2s.evaluate.split import score_results
+    from l2s.pipeline.generate import generate_split
+
+    out = str(tmp_path / "test")
+    generate_split(synth_features, "test", checkpoint, out)
+    rows = score_results(out)  # the synthetic corpus speaks GRID sentences: the grammar is chosen
+    assert {r["system"] for r in rows} == {"recording", "l2s", "gt_mel", "mean_mel"}
+    assert {r["asr"] for r in rows} == {PocketSphinxASR("grid").name}
+    assert all(unexplained_nans(r) == [] for r in rows)
+    recording = [r for r in rows if r["system"] == "recording"]
+    assert all(r["stoi"] == pytest.approx(1.0, abs=1e-6) for r in recording)
+    pooled = sum(r["wer"] * r["ref_words"] for r in recording) / sum(
+        r["ref_words"] for r in recording
+    )
+    means = summarize(rows).means
+    assert means[("test", "recording")]["wer"].value == pytest.approx(pooled)
+    assert pooled <= 0.5  # espeak's GRID sentences under the grammar (measured ~0.15)
+    printed = io.StringIO()
+    print_summary(rows, Console(file=printed, width=250))
+    text = printed.getvalue()
+    print(text)
+    assert "recording" in text and f"ASR: {PocketSphinxASR('grid').name}" in text
+    report = write_report([out], rows, tmp_path / "report.html").read_text()
+    assert "<th>wer</th>" in report and f"ASR: {PocketSphinxASR('grid').name}" in report
+
+
+def test_the_reference_is_the_segment_the_features_cover(real_clips: list[Path]) -> None:
+    """Scores compare with the recording of the clip's own segment of its video, not the
+    video's first seconds."""
+    row = ManifestRow(
+        id="segment", speaker="s", split="test", video=str(real_clips[1]), corpus="folder",
+        start=1.0, duration=2.0,
+    )  # fmt: skip
+    decoded = decode_clip(row, FeatureConfig())
+    record = {"id": row.id, "video": row.video, "start": row.start, "n_frames": 50}
+    assert np.array_equal(reference_audio(record), decoded.audio_S)

@@ -14,6 +14,7 @@ from urllib.parse import urlparse
 import cv2
 import numpy as np
 import pytest
+from conftest import FIXTURES
 from PIL import Image
 
 from l2s.face import (
@@ -33,18 +34,12 @@ from l2s.face.roi import moving_average
 from l2s.face.template import MIRROR_K, apply_affine, params_to_matrix, similarity_fit
 from l2s.video import iter_frames
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "real"
 CLIPS = sorted(FIXTURES.glob("video-retalking__face_*.mp4")) if FIXTURES.is_dir() else []
 SECONDS = 3
 ROI = 96
 MOUTH = slice(48, 68)
 needs_fixtures = pytest.mark.skipif(
     not CLIPS, reason=f"real fixture clips not found in {FIXTURES} (shared/ beside the clone)"
-)
-needs_face_alignment = pytest.mark.skipif(
-    importlib.util.find_spec("face_alignment") is None,
-    reason="face-alignment not installed (pip install --no-deps face-alignment==1.5.0, then "
-    "pip install scikit-image==0.26.0)",
 )
 
 
@@ -314,7 +309,6 @@ def staged_random_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return stage_random_weights(tmp_path_factory.mktemp("torch_home") / "hub" / "checkpoints")
 
 
-@needs_face_alignment
 def test_weight_file_names_match_the_installed_face_alignment() -> None:
     from face_alignment.api import models_urls as fan_urls
     from face_alignment.detection.sfd.sfd_detector import models_urls as s3fd_urls
@@ -324,7 +318,6 @@ def test_weight_file_names_match_the_installed_face_alignment() -> None:
 
 
 @needs_fixtures
-@needs_face_alignment
 def test_face_alignment_backend_runs_end_to_end_on_staged_weights(
     staged_random_weights: Path,
 ) -> None:
@@ -346,7 +339,6 @@ def test_face_alignment_backend_runs_end_to_end_on_staged_weights(
 
 
 @needs_fixtures
-@needs_face_alignment
 def test_face_alignment_backend_agrees_with_the_package_pipeline(
     staged_random_weights: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -378,7 +370,6 @@ def test_face_alignment_backend_agrees_with_the_package_pipeline(
     np.testing.assert_allclose(found_N4[order[0]], expected_N4[order[1]], atol=0.5)
 
 
-@needs_face_alignment
 def test_face_alignment_rejects_a_checkpoint_of_the_wrong_network(
     staged_random_weights: Path, tmp_path: Path
 ) -> None:

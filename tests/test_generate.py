@@ -94,12 +94,12 @@ def test_generate_and_score_a_split_with_both_baselines(
         assert len(wav_S) == features[record["id"]].n_frames * SAMPLES_PER_FRAME
 
     rows = score_results(str(out))
-    assert len(rows) == 3 * len(records)
+    assert len(rows) == 4 * len(records)
     assert {(r["id"], r["system"]) for r in rows} == {
-        (i, s) for i in features for s in ("l2s", "gt_mel", "mean_mel")
+        (i, s) for i in features for s in ("recording", "l2s", "gt_mel", "mean_mel")
     }
     assert pq.read_table(out / SCORES_FILE).num_rows == len(rows)
-    summary = summarize(rows)
+    summary = summarize(rows).means
     ceiling, floor = summary[("test", "gt_mel")], summary[("test", "mean_mel")]
     # The vocoder's ceiling against the recording, and a constant predictor well below it.
     assert ceiling["stoi"][0] > 0.9 and ceiling["estoi"][0] > 0.8

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -82,6 +83,37 @@ def test_real_clips_have_a_face_on_95_percent_of_frames(real_clips: list[Path]) 
 
 def _shard_count(root: Path) -> int:
     return len(list((root / "features").glob("part-*.parquet")))
+
+
+def test_a_segment_has_the_features_of_its_part_of_the_whole_clip(real_clips: list[Path]) -> None:
+    """A manifest row may name a segment of a longer video (LRS3 pretrain): on the real variable
+    frame rate clip, the segment's frames and samples are exactly the whole clip's at the same
+    times; its mel is the whole mel's but for the two frames at each edge (the STFT's padding sees
+    the cut); its landmarks and mouth ROIs differ only where tracking and smoothing see the cut."""
+    from l2s.schema import ManifestRow
+
+    cfg = FeatureConfig()
+    [clip] = [c for c in real_clips if c.name == "video-retalking__face_1.mp4"]
+    whole_row = ManifestRow(id="whole", speaker="s", split="test", video=str(clip), corpus="folder")
+    k0, n = 40, 60  # frames: the segment is 1.6–4.0 s
+    segment_row = replace(whole_row, id="segment", start=k0 / 25, duration=n / 25)
+    whole, segment = decode_clip(whole_row, cfg), decode_clip(segment_row, cfg)
+    assert np.array_equal(segment.frames_THWC, whole.frames_THWC[k0 : k0 + n])
+    assert np.array_equal(segment.audio_S, whole.audio_S[k0 * 640 : (k0 + n) * 640])
+
+    whole_features, features = clip_features(whole, cfg), clip_features(segment, cfg)
+    assert features.n_frames == n and features.mel_MF().shape == (80, 4 * n)
+    mel_MF = whole_features.mel_MF()[:, 4 * k0 : 4 * (k0 + n)]
+    np.testing.assert_allclose(features.mel_MF()[:, 2:-2], mel_MF[:, 2:-2], atol=1e-5)
+    landmark_error_T = np.linalg.norm(
+        features.landmarks_TK2() - whole_features.landmarks_TK2()[k0 : k0 + n], axis=-1
+    ).mean(axis=1)
+    roi_error_T = np.abs(
+        features.roi_THW().astype(int) - whole_features.roi_THW()[k0 : k0 + n]
+    ).mean(axis=(1, 2))
+    print(f"landmarks {landmark_error_T.mean():.2f} px, ROIs {roi_error_T.mean():.2f} grey levels")
+    assert landmark_error_T.mean() < 0.5 and landmark_error_T.max() < 3
+    assert roi_error_T.mean() < 0.5 and roi_error_T.max() < 5
 
 
 def test_killed_job_resumes_and_equals_an_uninterrupted_run(

@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import pickle
-from pathlib import Path
 
 import librosa
 import numpy as np
 import pytest
+from conftest import FIXTURES
 
 from l2s.audio import load_audio
 from l2s.evaluate.metrics import speaker_similarity
 from l2s.speaker import EMBEDDING_DIM, SpeakerEncoder, SpeakerError
 
-REAL = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "real"
+REAL = FIXTURES
 
 
 def real(name: str) -> np.ndarray:

@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -24,8 +25,8 @@ from l2s.models.lip2speech import Lip2Speech, tiny
 from l2s.train import TrainConfig, load_checkpoint, train
 from l2s.train.data import bucket, collate, cut, index_dataset, utterances
 from l2s.train.logs import read_metrics
-from l2s.train.loop import learning_rate
 from l2s.train.speakers import SpeakerBank
+from l2s.train.tasks.lip2speech import learning_rate
 from l2s.train.toy import ToyConfig, toy_rows, write_toy_features
 
 
@@ -119,6 +120,48 @@ def test_latest_checkpoint_is_one_ray_recorded(tmp_path: Path) -> None:
     assert latest_checkpoint(str(run)).endswith("checkpoint_00000020")
 
 
+@pytest.mark.parametrize(
+    "record, problem",
+    [
+        ("", "not JSON"),
+        ('{"checkpoint_results": [{"checkpoint_dir_name": "checkp', "not JSON"),
+        ("[]", "no list of checkpoint_results"),
+        ('{"checkpoint_results": {"checkpoint_dir_name": "x"}}', "no list of checkpoint_results"),
+        ('{"checkpoint_results": [{"metrics": {}}]}', "without a checkpoint_dir_name"),
+    ],
+    ids=["empty", "truncated", "a list", "results not a list", "result without a name"],
+)
+def test_latest_checkpoint_refuses_an_unreadable_ray_record(
+    tmp_path: Path, record: str, problem: str
+) -> None:
+    """An unreadable record is not a missing one: falling back to the newest folder would take a
+    checkpoint Ray may never have finished recording, which is what the record is there to prevent."""
+    run = tmp_path / "run"
+    (run / "checkpoint_00000020").mkdir(parents=True)
+    (run / "checkpoint_00000020" / "model.pt").write_bytes(b"x")
+    (run / "checkpoint_manager_snapshot.json").write_text(record)
+    with pytest.raises(ValueError, match=f"checkpoint_manager_snapshot.json: .*{problem}"):
+        latest_checkpoint(str(run))
+
+
+def test_latest_checkpoint_reads_a_record_being_rewritten(tmp_path: Path) -> None:
+    """Ray rewrites its record in place (truncate, then write): a reader that catches it empty
+    reads it again rather than failing a run that is fine."""
+    run = tmp_path / "run"
+    for step in (20, 40):
+        (run / f"checkpoint_{step:08d}").mkdir(parents=True)
+        (run / f"checkpoint_{step:08d}" / "model.pt").write_bytes(b"x")
+    snapshot = run / "checkpoint_manager_snapshot.json"
+    snapshot.write_text("")
+    record = {"checkpoint_results": [{"checkpoint_dir_name": "checkpoint_00000020"}]}
+    writer = threading.Timer(0.2, lambda: snapshot.write_text(json.dumps(record)))
+    writer.start()
+    try:
+        assert latest_checkpoint(str(run)).endswith("checkpoint_00000020")
+    finally:
+        writer.join()
+
+
 def _train_command(dataset: Path, out: Path, *extra: str) -> list[str]:
     return [
         sys.executable, "-m", "l2s.cli", "train", str(dataset), "--out", str(out),
@@ -174,10 +217,31 @@ def test_a_killed_ddp_run_resumes_learns_and_its_checkpoint_loads_without_ray(
     assert not model.training and model.mel_std_M.min() > 0  # training mel statistics came along
 
 
+def test_the_same_loop_trains_in_a_plain_process_and_resumes(toy: Path, tmp_path: Path) -> None:
+    """`train(..., local=True)`: the loop Ray Train runs, in this process without Ray (what
+    benchmarks/train.py measures Ray against). It checkpoints into the run directory, resumes,
+    and learns."""
+    base = dict(
+        dataset=str(toy), out=str(tmp_path / "plain"), batch_size=6, warmup_steps=5, lr=3e-3,
+        val_every=15, ckpt_every=15, keep_checkpoints=2,
+    )  # fmt: skip
+    first = train(TrainConfig(**base, steps=30), local=True)
+    assert first.step == 30 and first.checkpoint.endswith("checkpoint_00000030")
+    second = train(TrainConfig(**base, steps=60), local=True)
+    assert second.step == 60
+    history = read_metrics(base["out"])
+    assert [m["step"] for m in history] == [15, 30, 45, 60]
+    assert history[-1]["resumed_from"] == 30
+    assert history[-1]["val/post_l1"] < 0.8 * history[0]["val/post_l1"]
+    kept = sorted(p.name for p in Path(base["out"]).glob("checkpoint_*"))
+    assert kept == ["checkpoint_00000045", "checkpoint_00000060"]  # keep_checkpoints
+    model, cfg, _ = load_checkpoint(base["out"])
+    assert cfg.steps == 60 and not model.training
+
+
 def test_deepspeed_zero2_on_cpu_trains_checkpoints_and_resumes(
     toy: Path, tmp_path: Path, ray_local
 ) -> None:
-    pytest.importorskip("deepspeed")
     base = dict(
         dataset=str(toy), out=str(tmp_path / "ds"), batch_size=6, warmup_steps=2,
         val_every=6, ckpt_every=6, workers=2, strategy="deepspeed", zero_stage=2,

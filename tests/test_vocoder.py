@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ import torch
 
 from l2s.audio import log_mel
 from l2s.config import AUDIO
+from l2s.features import FeatureConfig, decode_clip
 from l2s.infer.vocoder import GriffinLim, load_vocoder
 from l2s.models.hifigan import (
     PRESETS,
@@ -24,10 +26,11 @@ from l2s.models.hifigan import (
     tiny,
 )
 from l2s.pipeline import shards
+from l2s.schema import ManifestRow
 from l2s.train.logs import read_metrics
+from l2s.train.tasks.vocoder import score_clips
 from l2s.train.vocoder import VocoderTrainConfig, learning_rate, train_vocoder
-from l2s.train.vocoder_data import index_vocoder_dataset, read_val_clips, segments
-from l2s.train.vocoder_loop import score_clips
+from l2s.train.vocoder_data import clip_audio, index_vocoder_dataset, read_val_clips, segments
 
 
 @pytest.mark.parametrize("preset", sorted(PRESETS))
@@ -94,6 +97,19 @@ def test_segments_line_the_stored_mel_up_with_its_samples() -> None:
     ((short_mel, short_wav),) = segments(mel_MF[:, :7], wav_S[: 7 * 160], 20, rng)
     assert short_mel.shape == (AUDIO.n_mels, 20) and short_wav.shape == (3200,)
     assert np.all(short_wav[7 * 160 :] == 0)
+
+
+def test_a_clips_recording_is_the_segment_its_mel_was_computed_from(
+    real_clips: list[Path],
+) -> None:
+    """The vocoder trains on the samples preprocessing turned into the stored mel: for a row that
+    is a segment of its video, those of the segment."""
+    row = ManifestRow(
+        id="segment", speaker="s", split="train", video=str(real_clips[1]), corpus="folder",
+        start=1.0, duration=2.0,
+    )  # fmt: skip
+    decoded = decode_clip(row, FeatureConfig())
+    assert np.array_equal(clip_audio(row, len(decoded.frames_THWC)), decoded.audio_S)
 
 
 def test_learning_rate_decays_exponentially_over_the_budget() -> None:

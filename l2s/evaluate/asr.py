@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import threading
+from collections.abc import Iterable
 from typing import Literal, Protocol, runtime_checkable
 
 import librosa
@@ -158,3 +159,21 @@ class PocketSphinxASR:
 def asr_for_corpus(corpus: str) -> PocketSphinxASR:
     """The ASR a corpus is scored with: GRID's grammar for GRID, the open LM for everything else."""
     return PocketSphinxASR("grid" if corpus.lower() == "grid" else "open")
+
+
+def is_grid_sentence(text: str) -> bool:
+    """Whether `text` (any case) is a sentence of the GRID grammar, one word from each slot."""
+    words = text.lower().split()
+    return len(words) == len(GRID_WORDS) and all(
+        word in slot for word, slot in zip(words, GRID_WORDS.values(), strict=True)
+    )
+
+
+def mode_for_transcripts(transcripts: Iterable[str | None]) -> Mode | None:
+    """The pocketsphinx mode that fits a split's transcripts: "grid" when every clip has one and
+    each is a GRID sentence (GRID, and the synthetic corpus's default `--vocab grid`), else "open";
+    None when no clip has a transcript (nothing to score WER against)."""
+    texts = list(transcripts)
+    if not any(texts):
+        return None
+    return "grid" if all(t and is_grid_sentence(t) for t in texts) else "open"

@@ -7,13 +7,15 @@ signals belongs to the same instant: no time warping is applied anywhere.
 
 A score that is undefined for a pair (a silent reference, a clip too short for PESQ) raises
 `MetricUnavailable` with the reason. `score_utterance` turns each such failure into NaN and writes
-the reason into its `nan_reasons` column, so one bad clip never stops a split and no NaN is
-unexplained.
+the reason into its `nan_reasons` column ("pesq_wb: generated signal is silent; wer: no
+recognizer"), as it does for a score whose inputs were not given, so one bad clip never stops a
+split and no NaN is unexplained; `nan_reasons_of` reads that column back per metric.
 """
 
 from __future__ import annotations
 
 import math
+import re
 import unicodedata
 import warnings
 from collections.abc import Callable, Sequence
@@ -240,23 +242,46 @@ SCORE_COLUMNS = (
 )
 
 
+# One speaker embedding (D), or why none could be made for that signal.
+Embedding = np.ndarray | MetricUnavailable
+
+
+def _similarity(reference: Embedding | None, generated: Embedding | None) -> float:
+    if reference is None or generated is None:
+        raise MetricUnavailable("no speaker encoder")
+    for embedding in (reference, generated):
+        if isinstance(embedding, MetricUnavailable):
+            raise embedding
+    return speaker_similarity(reference, generated)
+
+
+def _text_error(
+    rate: Callable[[str, str], float], transcript: str | None, hypothesis: str | None
+) -> float:
+    if transcript is None:
+        raise MetricUnavailable("no transcript")
+    if hypothesis is None:
+        raise MetricUnavailable("no recognizer")
+    return rate(transcript, hypothesis)
+
+
 def score_utterance(
     reference_S: np.ndarray,
     generated_S: np.ndarray,
     sample_rate: int = AUDIO.sample_rate,
     *,
-    reference_embedding: np.ndarray | None = None,
-    generated_embedding: np.ndarray | None = None,
+    reference_embedding: Embedding | None = None,
+    generated_embedding: Embedding | None = None,
     transcript: str | None = None,
     hypothesis: str | None = None,
 ) -> dict[str, float | int | str]:
     """All scores of one utterance as one flat row with the keys of `SCORE_COLUMNS`.
 
-    Signal scores are always computed. `speaker_similarity` needs both embeddings, `wer` / `cer`
-    need the transcript and the ASR hypothesis; without them they are NaN with no reason given.
-    A score that could not be computed is NaN and `nan_reasons` says why ("pesq_wb: generated
-    signal is silent; …"; empty when nothing failed). `ref_words` / `ref_chars` let a report pool
-    WER / CER over a split (Σ wer·ref_words / Σ ref_words) instead of averaging ratios.
+    Signal scores are always computed. `speaker_similarity` needs both embeddings (an embedding
+    given as `MetricUnavailable` is its reason), `wer` / `cer` need the transcript and the ASR
+    hypothesis. Every NaN has its reason in `nan_reasons` ("pesq_wb: generated signal is silent;
+    wer: no recognizer; …"; empty when nothing is NaN). `ref_words` / `ref_chars` let a report
+    pool WER / CER over a split (Σ wer·ref_words / Σ ref_words) instead of averaging ratios.
     """
     row: dict[str, float | int | str] = {name: math.nan for name in SCORE_COLUMNS}
     row["ref_words"] = row["ref_chars"] = 0
@@ -271,15 +296,21 @@ def score_utterance(
     row["duration_s"] = min(len(reference_S), len(generated_S)) / sample_rate
     for name, metric in SIGNAL_METRICS.items():
         attempt(name, lambda metric=metric: metric(reference_S, generated_S, sample_rate))
-    if reference_embedding is not None and generated_embedding is not None:
-        attempt(
-            "speaker_similarity",
-            lambda: speaker_similarity(reference_embedding, generated_embedding),
-        )
+    attempt("speaker_similarity", lambda: _similarity(reference_embedding, generated_embedding))
     if transcript is not None and hypothesis is not None:
         normalized = normalize_transcript(transcript)
         row["ref_words"], row["ref_chars"] = len(normalized.split()), len(normalized)
-        attempt("wer", lambda: wer(transcript, hypothesis))
-        attempt("cer", lambda: cer(transcript, hypothesis))
+    attempt("wer", lambda: _text_error(wer, transcript, hypothesis))
+    attempt("cer", lambda: _text_error(cer, transcript, hypothesis))
     row["nan_reasons"] = "; ".join(reasons)
     return row
+
+
+_REASON_START = re.compile(rf"; (?=(?:{'|'.join(SCORE_COLUMNS)}): )")
+
+
+def nan_reasons_of(nan_reasons: str) -> dict[str, str]:
+    """A `nan_reasons` cell read back: metric → why it is NaN."""
+    if not nan_reasons:
+        return {}
+    return dict(part.split(": ", 1) for part in _REASON_START.split(nan_reasons))

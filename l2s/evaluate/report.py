@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from l2s.evaluate.split import AUDIO_DIRS, SUMMARY_METRICS, SYSTEMS, summarize
+from l2s.evaluate.split import AUDIO_DIRS, SYSTEMS, summarize, summary_caption, summary_cells
 from l2s.pipeline.generate import mel_of, read_generated
 from l2s.plots import mel_pair
 
@@ -39,20 +39,14 @@ def _mel_png(target_MF: np.ndarray, predicted_MF: np.ndarray) -> str:
 
 def _summary_table(rows: list[dict]) -> str:
     summary = summarize(rows)
-    order = {s: i for i, s in enumerate(SYSTEMS)}
-    head = "".join(f"<th>{m}</th>" for m in SUMMARY_METRICS)
-    lines = [f"<table><tr><th>split</th><th>system</th><th>clips</th>{head}</tr>"]
-    for split, system in sorted(summary, key=lambda k: (k[0], order.get(k[1], 99))):
-        values = summary[(split, system)]
-        n = max((v[2] for v in values.values()), default=0)
-        cells = "".join(
-            f"<td>{values[m][0]:.3f} ± {values[m][1]:.3f}</td>" if m in values else "<td>–</td>"
-            for m in SUMMARY_METRICS
-        )
-        lines.append(
-            f"<tr><td class=l>{split}</td><td class=l>{system}</td><td>{n}</td>{cells}</tr>"
-        )
-    return "\n".join(lines) + "</table>"
+    header, body = summary_cells(summary)
+    lines = ["<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>"]
+    for cells in body:
+        split, system, *numbers = (html.escape(c) for c in cells)
+        tds = "".join(f"<td>{c}</td>" for c in numbers)
+        lines.append(f"<tr><td class=l>{split}</td><td class=l>{system}</td>{tds}</tr>")
+    caption = "".join(f"<li>{html.escape(line)}</li>" for line in summary_caption(summary))
+    return "\n".join(lines) + f"</table><ul>{caption}</ul>"
 
 
 def write_report(
@@ -64,9 +58,11 @@ def write_report(
     parts = [
         "<!doctype html><meta charset=utf-8><title>l2s report</title>",
         f"<style>{STYLE}</style><h1>l2s report</h1>",
-        "<p>Every system is vocoded by Griffin-Lim and scored against the clip's recording. "
-        "<b>gt_mel</b>: the ground-truth mel (the vocoder's ceiling); <b>mean_mel</b>: a constant "
-        "mean-mel predictor (the floor).</p>",
+        "<p>Every system is scored against the clip's recording, and all but the recording are "
+        "vocoded by Griffin-Lim. <b>recording</b>: the recording itself (the bound; its WER is the "
+        "recognizer's own); <b>gt_mel</b>: the ground-truth mel (the vocoder's ceiling); "
+        "<b>mean_mel</b>: a constant mean-mel predictor (the floor). Each metric is averaged over "
+        "the clips where every system has it.</p>",
         _summary_table(rows),
     ]
     for folder in results:
@@ -80,11 +76,11 @@ def write_report(
             mine = scores.get((clip, "l2s"), {})
             numbers = ", ".join(
                 f"{m} {mine[m]:.3f}"
-                for m in ("stoi", "estoi", "pesq_wb")
+                for m in ("stoi", "estoi", "pesq_wb", "wer")
                 if m in mine and mine[m] == mine[m]
             )
             players = []
-            for name in ("reference", *SYSTEMS):
+            for name in SYSTEMS:
                 wav = Path(folder) / AUDIO_DIRS[name] / f"{clip}.wav"
                 if wav.exists():
                     src = html.escape(os.path.relpath(wav, out.parent))

@@ -4,7 +4,7 @@ A checkpoint is a directory `checkpoint_<step>` in a run directory (Ray Train wr
 `l2s.train.checkpoint` says what goes in and writes it):
   model.pt         plain `Lip2Speech` fp32 state dict + the exact TrainConfig / ModelConfig, the
                    speaker table, the dataset's metadata, the training progress (nanoGPT's dict)
-  vocoder.pt       a HiFi-GAN run's checkpoints hold this instead (`l2s.train.vocoder_loop`)
+  vocoder.pt       a HiFi-GAN run's checkpoints hold this instead (`l2s.train.tasks.vocoder`)
   config.json      the same configs, progress and metrics as JSON, for people and tools
 """
 
@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import json
 import posixpath
+import time
 from pathlib import Path
 
 import torch
@@ -23,11 +24,12 @@ from l2s.models.lip2speech import Lip2Speech, ModelConfig
 
 MODEL_FILE = "model.pt"
 VOCODER_FILE = (
-    "vocoder.pt"  # a HiFi-GAN run's checkpoints hold this instead (train/vocoder_loop.py)
+    "vocoder.pt"  # a HiFi-GAN run's checkpoints hold this instead (train/tasks/vocoder.py)
 )
 CONFIG_FILE = "config.json"
 PREFIX = "checkpoint_"
 RAY_RECORD_FILE = "checkpoint_manager_snapshot.json"  # Ray Train V2's record of a run's checkpoints
+RECORD_REWRITE_S = 1.0  # how long a record that does not parse may be one Ray is rewriting
 
 
 def read_model(folder: str | Path, file: str = MODEL_FILE) -> dict:
@@ -48,7 +50,8 @@ def latest_checkpoint(run: str, file: str = MODEL_FILE) -> str | None:
 
     Complete means Ray Train has recorded it, when the run has Ray's record: a run killed while a
     checkpoint was being copied in leaves a folder that a rerun does not resume from (Ray resumes
-    from its record), so nothing else may take it for the latest either.
+    from its record), so nothing else may take it for the latest either; a record that is there
+    but unreadable raises ValueError naming it.
     """
     fs, path = storage.filesystem(run)
     if not fs.exists(path):
@@ -68,13 +71,46 @@ def latest_checkpoint(run: str, file: str = MODEL_FILE) -> str | None:
 
 def _recorded_by_ray(run: str) -> set[str] | None:
     """The checkpoint folders Ray Train's record of the run lists; None when there is no record
-    (a checkpoint written outside Ray Train, as `initial_checkpoint` does) or it is unreadable."""
+    (a checkpoint written outside Ray Train, as `initial_checkpoint` does, or a plain folder of
+    checkpoints).
+
+    An unreadable record raises instead of counting as none: Ray refuses to resume from it too,
+    and the newest folder could be one Ray never finished recording, the very case the record
+    settles. Ray rewrites the record in place (truncate, then write), so a reader racing a live
+    run can catch it empty or cut short: it is read again for a while before it counts as broken.
+    """
     snapshot = storage.join(storage.normalize(run), RAY_RECORD_FILE)
+    deadline = time.monotonic() + RECORD_REWRITE_S
+    while True:
+        try:
+            data = storage.read_bytes(snapshot)
+        except FileNotFoundError:
+            return None
+        try:
+            return _record_names(data)
+        except ValueError as e:
+            if time.monotonic() >= deadline:
+                raise ValueError(
+                    f"{snapshot}: Ray Train's checkpoint record is unreadable ({e}); Ray cannot "
+                    "resume this run from it either. Repair it, or delete it to take the newest "
+                    "complete checkpoint folder as the latest"
+                ) from e
+        time.sleep(0.1)
+
+
+def _record_names(data: bytes) -> set[str]:
+    """The `checkpoint_dir_name`s of a Ray Train record; ValueError saying what is wrong."""
     try:
-        results = json.loads(storage.read_bytes(snapshot))["checkpoint_results"]
-        return {result["checkpoint_dir_name"] for result in results}
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+        record = json.loads(data)
+    except ValueError as e:  # UnicodeDecodeError and JSONDecodeError alike
+        raise ValueError(f"not JSON: {e}") from e
+    results = record.get("checkpoint_results") if isinstance(record, dict) else None
+    if not isinstance(results, list):
+        raise ValueError("no list of checkpoint_results")
+    names = [r.get("checkpoint_dir_name") if isinstance(r, dict) else None for r in results]
+    if not all(isinstance(name, str) for name in names):
+        raise ValueError("a checkpoint result without a checkpoint_dir_name")
+    return set(names)
 
 
 def resolve(uri: str, file: str = MODEL_FILE) -> str:

@@ -8,7 +8,7 @@
                            (`results/generated/part-*`)
 The voices come from `l2s.infer.voice.SplitVoices`, counted on the driver over the whole split
 (the leave-one-out rule needs all of a speaker's clips) a shard at a time, and held per speaker,
-so neither the driver nor an actor holds anything per clip but ids and source video names. A rerun
+so neither the driver nor an actor holds anything per clip but ids and manifest rows. A rerun
 skips ids already in a shard, as preprocessing does; a wav is written before the shard that names
 it, so a shard never points at a missing wav.
 """
@@ -32,25 +32,27 @@ from l2s.infer.vocoder import Vocoder, load_vocoder
 from l2s.infer.voice import SplitVoices
 from l2s.pipeline import shards
 from l2s.pipeline.adapter import Resources, Stage
+from l2s.schema import ManifestRow
 
 COLUMNS = ["id", "speaker", "speaker_embedding", "split", "transcript", "n_frames", "roi", "mel"]
 GENERATED = "generated"  # folder of output-record shards in a results folder
 WAV_DIR = "wavs"
 
 
-def source_videos(dataset: str) -> dict[str, str]:
-    """Clip id → source video URI, from the manifest the dataset was made from ({} if it is gone)."""
+def source_rows(dataset: str) -> dict[str, ManifestRow]:
+    """Clip id → its manifest row (source video and segment), from the manifest the dataset was
+    made from ({} if it is gone)."""
     manifest = shards.read_metadata(dataset).get("source_manifest")
     if not manifest or not storage.exists(manifest):
         return {}
-    return {row.id: row.video for row in read_manifest(manifest)}
+    return {row.id: row for row in read_manifest(manifest)}
 
 
 def generate_clips(
     model: SpeechModel,
     clips: Sequence[dict],
     voices: SplitVoices,
-    videos: dict[str, str],
+    sources: dict[str, ManifestRow],
     out: str,
     vocode: Vocoder | None = None,
 ) -> list[dict]:
@@ -72,21 +74,23 @@ def generate_clips(
     mean_M = model.mean_mel(1)[:, 0].tolist()
     records = []
     wavs = vocode.batch(mels)
-    for clip, (_, source), mel_MF, wav_S in zip(clips, chosen, mels, wavs, strict=True):
+    for clip, (_, voice_source), mel_MF, wav_S in zip(clips, chosen, mels, wavs, strict=True):
         wav = storage.join(out, WAV_DIR, f"{clip['id']}.wav")
         write_wav(wav, wav_S)
+        source = sources.get(clip["id"])
         records.append(
             {
                 "id": clip["id"],
                 "speaker": clip["speaker"],
                 "split": clip["split"],
                 "transcript": clip["transcript"],
-                "video": videos.get(clip["id"]),
+                "video": source.video if source else None,
+                "start": source.start if source else 0.0,  # where the clip starts in the video
                 "n_frames": int(clip["n_frames"]),
                 "mel": mel_MF.astype(np.float32).tobytes(),
                 "target_mel": clip["mel"],
                 "mean_mel": mean_M,
-                "speaker_source": source,
+                "speaker_source": voice_source,
                 "wav": wav,
                 "checkpoint": model.checkpoint,
                 "vocoder": vocode.name,
@@ -138,12 +142,12 @@ class GenerateBatch(Stage):
         checkpoint: str,
         out: str,
         voices: SplitVoices,
-        videos: dict,
+        sources: dict,
         vocoder: str | None,
         batch_size: int,
     ) -> None:
         self.checkpoint, self.vocoder, self.batch_size = checkpoint, vocoder, batch_size
-        self.out, self.voices, self.videos = out, voices, videos
+        self.out, self.voices, self.sources = out, voices, sources
 
     def setup(self) -> None:
         import torch
@@ -157,7 +161,9 @@ class GenerateBatch(Stage):
         clips = [
             dict(zip(batch, values, strict=True)) for values in zip(*batch.values(), strict=True)
         ]
-        records = generate_clips(self.model, clips, self.voices, self.videos, self.out, self.vocode)
+        records = generate_clips(
+            self.model, clips, self.voices, self.sources, self.out, self.vocode
+        )
         name = shards.shard_name([r["id"] for r in records])
         shards.write_table(pa.Table.from_pylist(records), storage.join(self.out, GENERATED, name))
         frames = sum(r["n_frames"] for r in records)
@@ -207,7 +213,7 @@ def generate_split(
         if done:
             ds = ds.filter(expr=col("id").not_in(sorted(done)), **light)
         stage = GenerateBatch(
-            checkpoint, out, voices, source_videos(dataset), vocoder, batch_size=batch_size
+            checkpoint, out, voices, source_rows(dataset), vocoder, batch_size=batch_size
         )
         ds = apply(ds, stage, workers=workers)
         bar = tqdm(total=todo, desc=f"generate {split}", unit="clip", disable=not progress)

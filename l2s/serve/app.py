@@ -10,13 +10,17 @@ Routes (FastAPI; OpenAPI at /docs and /openapi.json):
     POST /v1/speech   multipart `video` (+ optional `speaker`) → audio/wav, 16 kHz mono
     POST /v1/dub      the same → video/mp4: the video stream copied, the speech as its audio
 
-Bad input never gives a 500: 413 for an upload over the size limit, 415 for a file that is not
-a video FFmpeg can read (corrupt, truncated, audio only, an unknown codec), 422 for a video that
-cannot be spoken (too long, too large a frame, no face, decoding fails midway), each with
-`{"detail": reason}`.
+Bad input never gives a 500: 400 for a body that is not a multipart form, 413 for an upload
+over the size limit, 415 for a file that is not a video FFmpeg can read (corrupt, truncated, audio
+only, an unknown codec), 422 for a form without a usable `video` (none, empty, a NUL byte in its
+name) or a video that cannot be spoken (too long, too large a frame, no face, decoding fails
+midway), each with `{"detail": reason}`.
 
-The ingress does no heavy work itself: it reads the upload and hands it to the deployments of
-l2s/serve/deployments.py; for /v1/dub it muxes the speech in (a stream copy) in a thread.
+The ingress does no heavy work itself: it streams the upload to a temporary file
+(l2s/serve/upload.py) and hands its path to the deployments of l2s/serve/deployments.py; for
+/v1/dub it muxes the speech in (a stream copy) in a thread and streams the result from disk.
+The /docs and /redoc pages load their scripts from the app itself (fastapi-offline), so they work
+on a cluster without internet access.
 """
 
 from __future__ import annotations
@@ -24,69 +28,89 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import shutil
 import tempfile
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import numpy as np
-from fastapi import FastAPI, File, Form, HTTPException, UploadFile
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from fastapi_offline import FastAPIOffline
 from ray import serve
 from ray.serve.handle import DeploymentHandle
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.background import BackgroundTask
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from l2s import __version__
 from l2s.audio import wav_bytes
 from l2s.config import AUDIO
 from l2s.serve.config import Rejected, ServeConfig
 from l2s.serve.deployments import Preprocess, Synthesizer
+from l2s.serve.upload import MAX_FIELD_BYTES, Upload, received
 from l2s.video import VideoError, mux_audio
 
 # Multipart framing around the file (boundaries, part headers, the `speaker` field) is allowed
 # on top of the upload limit when the request's Content-Length is checked.
 MULTIPART_SLACK = 64 * 1024
-VideoUpload = Annotated[
-    UploadFile, File(description="A video of one talking face (mp4, webm, mov, ...)")
-]
-SpeakerName = Annotated[
-    str | None, Form(description="A speaker the model was trained on (default: their average)")
-]
+# The form the routes read themselves (upload.received), as OpenAPI would state it for them.
+UPLOAD_FORM = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["video"],
+                    "properties": {
+                        "video": {
+                            "type": "string",
+                            "format": "binary",
+                            "description": "A video of one talking face (mp4, webm, mov, ...)",
+                        },
+                        "speaker": {
+                            "type": "string",
+                            "maxLength": MAX_FIELD_BYTES,
+                            "description": "A speaker the model was trained on "
+                            "(default: their average)",
+                        },
+                    },
+                }
+            }
+        },
+    }
+}
 ERRORS = {
+    400: {"description": "Not a multipart/form-data body"},
     413: {"description": "Upload over the size limit"},
     415: {"description": "Not a video FFmpeg can read (corrupt, audio only, unknown codec)"},
-    422: {"description": "A video that cannot be spoken (too long, too large, no face, ...)"},
+    422: {
+        "description": "No usable `video` in the form, or a video that cannot be spoken "
+        "(too long, too large, no face, ...)"
+    },
 }
 
 
 class UploadLimit:
-    """ASGI middleware: a request body over the upload limit gets a 413 — refused on its
-    Content-Length before anything is read, or cut off once a chunked body runs past it."""
+    """ASGI middleware: a request whose Content-Length is over the upload limit gets a 413 before
+    anything is read. A body without one is counted as it arrives (`upload.received`)."""
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app = app
         self.max_bytes = max_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        length = dict(scope["headers"]).get(b"content-length", b"")
-        if length.isdigit() and int(length) > self.max_bytes + MULTIPART_SLACK:
+        length = dict(scope.get("headers", [])).get(b"content-length", b"")
+        if (
+            scope["type"] == "http"
+            and length.isdigit()
+            and int(length) > self.max_bytes + MULTIPART_SLACK
+        ):
             detail = f"upload is {int(length) / 2**20:.1f} MiB; {self._limit()}"
             await JSONResponse({"detail": detail}, status_code=413)(scope, receive, send)
             return
-        received = 0
-
-        async def counted() -> Message:
-            nonlocal received
-            message = await receive()
-            received += len(message.get("body", b""))
-            if received > self.max_bytes + MULTIPART_SLACK:
-                raise HTTPException(413, f"upload runs past the limit; {self._limit()}")
-            return message
-
-        await self.app(scope, counted, send)
+        await self.app(scope, receive, send)
 
     def _limit(self) -> str:
         return f"the limit is {self.max_bytes / 2**20:g} MiB"
@@ -96,7 +120,7 @@ def make_api(
     cfg: ServeConfig, preprocess: DeploymentHandle, synthesizer: DeploymentHandle
 ) -> FastAPI:
     """The FastAPI app of one ingress replica, calling the deployments through their handles."""
-    api = FastAPI(
+    api = FastAPIOffline(
         title="l2s",
         version=__version__,
         summary="Lip-to-speech: a silent talking-face video in, speech out.",
@@ -108,27 +132,19 @@ def make_api(
     api.add_middleware(UploadLimit, max_bytes=cfg.max_upload_bytes)
     page = resources.files("l2s.serve").joinpath("index.html").read_text(encoding="utf-8")
 
-    async def speech_of(video: UploadFile, speaker: str | None) -> tuple[bytes, np.ndarray, float]:
-        """The upload's bytes, its speech wav_S and the fraction of frames with a face."""
-        data = await video.read()
-        name = video.filename or "upload"
-        if len(data) > cfg.max_upload_bytes:
-            raise HTTPException(
-                413,
-                f"{name}: upload is {len(data) / 2**20:.1f} MiB; the limit is "
-                f"{cfg.max_upload_mb:g} MiB",
-            )
-        if not data:
-            raise HTTPException(422, f"{name}: upload is empty (0 bytes)")
+    async def speech_of(upload: Upload, fields: dict[str, str]) -> tuple[np.ndarray, float]:
+        """The upload's speech wav_S and the fraction of frames with a face. Preprocess's
+        pending result goes to the Synthesizer as it is: the mouth ROIs (0.7 MB for 3 s, 14 MB
+        for 60 s) pass from one replica to the other through Ray's object store, never through
+        this replica, and the face ratio comes back with the speech."""
         try:
-            roi_THW, face_ratio = await preprocess.rois.remote(data, name)
-            wav_S = await synthesizer.speak.remote(roi_THW, speaker or None)
+            rois = preprocess.rois.remote(upload)
+            return await synthesizer.speak.remote(rois, fields.get("speaker") or None)
         except Rejected as e:
             raise HTTPException(e.status, e.reason) from None
-        return data, wav_S, face_ratio
 
-    def headers(video: UploadFile, wav_S: np.ndarray, face_ratio: float, suffix: str) -> dict:
-        stem = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(video.filename or "video").stem) or "video"
+    def headers(upload: Upload, wav_S: np.ndarray, face_ratio: float, suffix: str) -> dict:
+        stem = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(upload.name).stem) or "video"
         return {
             "Content-Disposition": f'inline; filename="{stem}{suffix}"',
             "X-Audio-Seconds": f"{len(wav_S) / AUDIO.sample_rate:.3f}",
@@ -147,17 +163,16 @@ def make_api(
         "/v1/speech",
         response_class=Response,
         responses={200: {"content": {"audio/wav": {}}, "description": "16 kHz mono WAV"}, **ERRORS},
+        openapi_extra=UPLOAD_FORM,
     )
-    async def speech(
-        video: VideoUpload,
-        speaker: SpeakerName = None,
-    ) -> Response:
+    async def speech(request: Request) -> Response:
         """Speech for the video: a WAV as long as the video."""
-        _, wav_S, face_ratio = await speech_of(video, speaker)
+        async with received(request, cfg.max_upload_bytes) as (upload, fields):
+            wav_S, face_ratio = await speech_of(upload, fields)
         return Response(
             wav_bytes(wav_S),
             media_type="audio/wav",
-            headers=headers(video, wav_S, face_ratio, ".wav"),
+            headers=headers(upload, wav_S, face_ratio, ".wav"),
         )
 
     @api.post(
@@ -167,40 +182,46 @@ def make_api(
             200: {"content": {"video/mp4": {}}, "description": "The video with speech"},
             **ERRORS,
         },
+        openapi_extra=UPLOAD_FORM,
     )
-    async def dub(
-        video: VideoUpload,
-        speaker: SpeakerName = None,
-    ) -> Response:
+    async def dub(request: Request) -> FileResponse:
         """The same video with the generated speech as its only audio track (mp4; the video
         stream is copied, not re-encoded)."""
-        data, wav_S, face_ratio = await speech_of(video, speaker)
+        folder = tempfile.mkdtemp(prefix="l2s-dub-")
         try:
-            dubbed = await asyncio.to_thread(_dub, data, video.filename or "upload", wav_S)
-        except VideoError as e:
-            raise HTTPException(415, str(e)) from None
-        return Response(
-            dubbed, media_type="video/mp4", headers=headers(video, wav_S, face_ratio, ".dub.mp4")
+            async with received(request, cfg.max_upload_bytes) as (upload, fields):
+                wav_S, face_ratio = await speech_of(upload, fields)
+                dubbed = await asyncio.to_thread(_dub, upload, wav_S, folder)
+        except BaseException:
+            shutil.rmtree(folder)
+            raise
+        return FileResponse(
+            dubbed,
+            media_type="video/mp4",
+            headers=headers(upload, wav_S, face_ratio, ".dub.mp4"),
+            background=BackgroundTask(shutil.rmtree, folder),
         )
 
     return api
 
 
-def _dub(data: bytes, name: str, wav_S: np.ndarray) -> bytes:
-    """The upload with the speech muxed in (`video.mux_audio`, as `l2s dub` does it)."""
-    with tempfile.TemporaryDirectory(prefix="l2s-dub-") as folder:
-        source = Path(folder) / f"in{Path(name).suffix[:16]}"
-        speech, out = Path(folder) / "speech.wav", Path(folder) / "out.mp4"
-        source.write_bytes(data)
-        speech.write_bytes(wav_bytes(wav_S))
-        try:
-            mux_audio(str(source), str(speech), str(out))
-        except VideoError as e:  # name the upload, not the temporary copy
-            raise VideoError(str(e).replace(str(source), name)) from e
-        return out.read_bytes()
+def _dub(upload: Upload, wav_S: np.ndarray, folder: str) -> str:
+    """The upload with the speech muxed in (`video.mux_audio`, as `l2s dub` does it), as a file
+    in `folder`."""
+    speech, out = Path(folder) / "speech.wav", Path(folder) / "out.mp4"
+    speech.write_bytes(wav_bytes(wav_S))
+    try:
+        mux_audio(upload.path, str(speech), str(out))
+    except VideoError as e:  # name the upload, not its temporary file
+        raise HTTPException(415, str(e).replace(upload.path, upload.name)) from None
+    return str(out)
 
 
-@serve.deployment(max_ongoing_requests=64, ray_actor_options={"num_cpus": 0.1})
+# Up to 64 requests in work, their uploads on disk; beyond 16 more waiting, a 503. A request
+# that waits for the ingress has its whole body buffered in Serve's HTTP proxy.
+@serve.deployment(
+    max_ongoing_requests=64, max_queued_requests=16, ray_actor_options={"num_cpus": 0.1}
+)
 @serve.ingress()
 class Api:
     """The HTTP ingress; its FastAPI app is built in the replica (`__serve_build_asgi_app__`),

@@ -1,15 +1,19 @@
 """The two working deployments behind the HTTP ingress: thin Ray Serve wrappers around the same
 per-clip functions `l2s speak` runs (`l2s.infer`), so the endpoint and the CLI speak alike.
 
-    Preprocess   CPU. Upload bytes → checked against the limits → 96×96 mouth ROIs
-                 (decode at 25 fps, dlib face tracking, mouth crop). One clip at a time per
-                 replica; replicas autoscale on the requests waiting.
+    Preprocess   CPU. The uploaded file (its path on disk: l2s/serve/upload.py) → checked
+                 against the limits → 96×96 mouth ROIs (decode at 25 fps, dlib face tracking,
+                 mouth crop). One clip at a time per replica; replicas autoscale on the
+                 requests waiting.
     Synthesizer  The model (on a GPU when one is given). Mouth ROIs → 10-s model windows
                  (`l2s.infer.windows`, as everywhere else), batched across requests with
                  `@serve.batch` (padded to the longest, one forward pass), cross-faded back
                  into one mel per clip → the vocoder, batched the same way
                  (HiFi-GAN in one forward pass; Griffin-Lim gains nothing from a batch on a
                  CPU and runs its clips one by one).
+
+Each replica counts the CPU seconds its stages spend (`stage_cpu`), so that what the server
+spends beyond them, Ray's and HTTP's share, can be measured (benchmarks/serve.py).
 
 Letters in shape names: T video frames, H×W pixels, M mel bands, F mel frames, S samples,
 D speaker-embedding size.
@@ -18,51 +22,123 @@ D speaker-embedding size.
 from __future__ import annotations
 
 import asyncio
+import os
+import threading
+import time
 from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
 
 import numpy as np
 from ray import serve
 
 from l2s.face import load_detector
-from l2s.features import FeatureConfig, named_bytes
+from l2s.features import FeatureConfig
 from l2s.infer import SpeakError
 from l2s.infer.speak import mouth_rois
 from l2s.infer.vocoder import load_vocoder
 from l2s.infer.voice import voice
 from l2s.infer.windows import WINDOW, blend_windows, window_starts
 from l2s.serve.config import Rejected, ServeConfig
+from l2s.serve.upload import Upload, local_copy
 from l2s.video import VideoError, probe
+
+
+def _other_threads_cpu_ns() -> dict[int, int]:
+    """CPU nanoseconds of every thread of this process but the calling one (Linux's per-thread
+    schedstat; empty elsewhere)."""
+    me, spent = threading.get_native_id(), {}
+    try:
+        tids = [int(tid) for tid in os.listdir("/proc/self/task")]
+    except FileNotFoundError:
+        return spent
+    for tid in tids:
+        if tid == me:
+            continue
+        try:
+            with open(f"/proc/self/task/{tid}/schedstat", "rb") as f:
+                spent[tid] = int(f.read().split()[0])
+        except (FileNotFoundError, ProcessLookupError):  # the thread has ended
+            continue
+    return spent
+
+
+class StageClock:
+    """CPU seconds a replica's stages have spent, by stage name, since it started."""
+
+    def __init__(self) -> None:
+        self.seconds: Counter[str] = Counter()
+
+    @contextmanager
+    def process(self, stage: str) -> Iterator[None]:
+        """The whole process's CPU while the block runs, less what threads that were already
+        running (Ray's own) spent meanwhile: the block's thread and any threads it starts (FFmpeg's
+        decoding threads). For a replica that runs one request at a time."""
+        before = _other_threads_cpu_ns()
+        start = time.process_time()
+        try:
+            yield
+        finally:
+            spent = time.process_time() - start
+            after = _other_threads_cpu_ns()
+            background = sum(after[tid] - before[tid] for tid in before.keys() & after.keys())
+            self.seconds[stage] += spent - background / 1e9
+
+    def thread(self, stage: str, fn: Callable[..., Any], *args: Any) -> Any:
+        """`fn(*args)`, its CPU counted as the calling thread's (torch on one thread: a replica
+        with less than two CPUs gets OMP_NUM_THREADS=1 from Ray)."""
+        start = time.thread_time()
+        try:
+            return fn(*args)
+        finally:
+            self.seconds[stage] += time.thread_time() - start
+
+
+def stage_cpu(clock: StageClock) -> tuple[str, dict[str, float]]:
+    """This replica's id and its stages' CPU seconds so far."""
+    return serve.get_replica_context().replica_id.unique_id, dict(clock.seconds)
 
 
 @serve.deployment(max_ongoing_requests=1)
 class Preprocess:
-    """Video bytes → (mouth ROIs roi_THW, fraction of frames with a face)."""
+    """An uploaded video → (mouth ROIs roi_THW, fraction of frames with a face)."""
 
     def __init__(self, cfg: ServeConfig) -> None:
         self.cfg = cfg
         self.features = FeatureConfig()
         load_detector(self.features.face)  # once per replica, not on the first request
+        self.clock = StageClock()
 
-    def rois(self, data: bytes, filename: str) -> tuple[np.ndarray, float]:
+    def stage_cpu(self) -> tuple[str, dict[str, float]]:
+        return stage_cpu(self.clock)
+
+    def rois(self, upload: Upload) -> tuple[np.ndarray, float]:
+        with local_copy(upload) as local, self.clock.process("preprocess"):
+            return self._rois(local)
+
+    def _rois(self, upload: Upload) -> tuple[np.ndarray, float]:
         cfg = self.cfg
         try:
-            info = probe(named_bytes(data, filename))
+            with upload.open() as f:
+                info = probe(f)
         except VideoError as e:
             raise Rejected(415, str(e)) from e
         if info.duration > cfg.max_seconds:
             raise Rejected(
                 422,
-                f"{filename}: video is {info.duration:.1f} s long; the limit is "
+                f"{upload.name}: video is {info.duration:.1f} s long; the limit is "
                 f"{cfg.max_seconds:g} s",
             )
         if max(info.width, info.height) > cfg.max_side:
             raise Rejected(
                 422,
-                f"{filename}: resolution {info.width}×{info.height} is over the limit of "
+                f"{upload.name}: resolution {info.width}×{info.height} is over the limit of "
                 f"{cfg.max_side} px on the long side",
             )
         try:
-            return mouth_rois(named_bytes(data, filename), self.features, cfg.max_seconds)
+            with upload.open() as f:
+                return mouth_rois(f, self.features, cfg.max_seconds)
         except (SpeakError, VideoError) as e:
             raise Rejected(422, str(e)) from e
 
@@ -84,11 +160,20 @@ class Synthesizer:
             batched.set_batch_wait_timeout_s(cfg.batch_wait_s)
         # How many batches of each size ran: what the benchmark and tests read to see batching.
         self.batches: dict[str, Counter[int]] = {"model": Counter(), "vocoder": Counter()}
+        self.clock = StageClock()
+
+    def stage_cpu(self) -> tuple[str, dict[str, float]]:
+        return stage_cpu(self.clock)
 
     def batch_sizes(self) -> dict[str, dict[int, int]]:
         return {stage: dict(counts) for stage, counts in self.batches.items()}
 
-    async def speak(self, roi_THW: np.ndarray, speaker: str | None = None) -> np.ndarray:
+    async def speak(
+        self, rois: tuple[np.ndarray, float], speaker: str | None = None
+    ) -> tuple[np.ndarray, float]:
+        """What `Preprocess.rois` returned (the ROIs and the fraction of frames with a face) →
+        the speech wav_S and that fraction, passed through for the ingress."""
+        roi_THW, face_ratio = rois
         try:
             speaker_D, _ = voice(self.model, None, speaker)
         except SpeakError as e:
@@ -97,7 +182,7 @@ class Synthesizer:
         mels = await asyncio.gather(
             *(self.mels(roi_THW[start : start + WINDOW], speaker_D) for start in starts)
         )
-        return await self.vocode(blend_windows(list(mels), starts, len(roi_THW)))
+        return await self.vocode(blend_windows(list(mels), starts, len(roi_THW))), face_ratio
 
     # The batched calls run in a thread: torch and Griffin-Lim release the GIL, and the
     # replica's event loop stays free to gather the next batch while this one computes.
@@ -106,9 +191,11 @@ class Synthesizer:
         self, rois: list[np.ndarray], speakers: list[np.ndarray | None]
     ) -> list[np.ndarray]:
         self.batches["model"][len(rois)] += 1
-        return await asyncio.to_thread(self.model.window_mels, rois, speakers)
+        return await asyncio.to_thread(
+            self.clock.thread, "model", self.model.window_mels, rois, speakers
+        )
 
     @serve.batch
     async def vocode(self, mels: list[np.ndarray]) -> list[np.ndarray]:
         self.batches["vocoder"][len(mels)] += 1
-        return await asyncio.to_thread(self.vocoder.batch, mels)
+        return await asyncio.to_thread(self.clock.thread, "vocoder", self.vocoder.batch, mels)

@@ -6,10 +6,12 @@ trained model back without Ray or DeepSpeed.
     model, cfg, speakers = load_checkpoint(summary.checkpoint)
 
 The same `out` resumes: Ray Train finds the run by its name and storage path and hands every worker
-the latest checkpoint (Train V2). Modules: config (TrainConfig), data (dataset → batches),
-speakers (the speaker bank), loop (the per-worker loop), validation, deepspeed (engine and
-config), checkpoint (layout, writing; `l2s.infer.checkpoint` reads them), logs (TensorBoard,
-metrics.jsonl), toy (a learnable toy dataset).
+the latest checkpoint (Train V2). Every model trains through one loop (`loop.fit`) with a small
+per-model part (`tasks/`), under Ray Train or in a plain process (`session`). Modules: config
+(TrainConfig), data (dataset → batches), speakers (the speaker bank), loop (the one loop),
+session (Ray Train or this process), tasks (lip2speech, vocoder), validation, deepspeed (engine and
+config), checkpoint (layout, writing; `l2s.infer.checkpoint` reads them), logs (TensorBoard, metrics.jsonl), toy (a learnable toy
+dataset).
 """
 
 from __future__ import annotations
@@ -128,20 +130,73 @@ def echo_reports(
         thread.join()
 
 
-def train(cfg: TrainConfig, *, callbacks: Sequence = ()) -> TrainSummary:
+def launch(
+    task: str,
+    cfg,
+    loop_config: dict,
+    sources: dict,
+    *,
+    checkpoint_file: str,
+    summary_line: Callable[[dict], str],
+    local: bool = False,
+    callbacks: Sequence = (),
+) -> None:
+    """Run the task `task` (l2s.train.tasks.TASKS) of the run config `cfg` to its end: on Ray Train
+    (workers and resources from `cfg`, `sources` as Ray Data datasets, only "train" split over the
+    workers), or with `local` in this process alone, without Ray (`session.LocalSession`)."""
+    from l2s.train.loop import fit, ray_worker
+    from l2s.train.session import LocalSession, cpu_threads
+    from l2s.train.tasks import TASKS
+
+    if local:
+        session = LocalSession(
+            cfg.out,
+            sources,
+            checkpoint_file=checkpoint_file,
+            keep_checkpoints=cfg.keep_checkpoints,
+            seed=cfg.seed,
+            use_gpu=cfg.use_gpu,
+        )
+        with session:
+            fit(TASKS[task]({**loop_config, "threads": cpu_threads()}, session), session)
+        return
+
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    resources, threads = worker_resources(cfg.num_workers, cfg.use_gpu, cfg.cpus_per_worker)
+    print(f"[{TASKS[task].name}] {cfg.num_workers} worker(s) × {resources}")
+    trainer = TorchTrainer(
+        ray_worker,
+        train_loop_config={"task": task, **loop_config, "threads": threads},
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=cfg.num_workers,
+            use_gpu=cfg.use_gpu,
+            resources_per_worker=resources,
+            placement_strategy=cfg.placement_strategy,
+        ),
+        run_config=run_config(cfg.out, cfg.max_failures, cfg.keep_checkpoints, callbacks),
+        datasets={name: source.to_ray() for name, source in sources.items()},
+        # Only the train split is sharded: every worker picks its share of the fixed val subset.
+        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
+    )
+    with echo_reports(cfg.out, cfg.steps, summary_line, TASKS[task].name):
+        trainer.fit()
+
+
+def train(cfg: TrainConfig, *, callbacks: Sequence = (), local: bool = False) -> TrainSummary:
     """Train (or resume) the run `cfg.out` on the current Ray cluster (a local one when none is
     attached); return when it is done. `callbacks` are `ray.train.UserCallback`s, run by the
-    Ray Train controller after each report."""
-    import ray.train
+    Ray Train controller after each report. `local`: in this process, without Ray (one worker)."""
     import torch
-    from ray.train.torch import TorchTrainer
 
     from l2s.models.lip2speech import Lip2Speech, count_parameters
     from l2s.pipeline.runtime import connect
-    from l2s.train.data import DatasetError, index_dataset, read_split
-    from l2s.train.loop import summary_line, train_loop
+    from l2s.train.data import DatasetError, index_dataset, source
+    from l2s.train.tasks.lip2speech import summary_line
 
-    connect()
+    if not local:
+        connect()
     # Workers run in a directory of Ray's own: a relative path would put their logs there.
     cfg = dataclasses.replace(
         cfg, dataset=storage.normalize(cfg.dataset), out=storage.normalize(cfg.out)
@@ -154,43 +209,38 @@ def train(cfg: TrainConfig, *, callbacks: Sequence = ()) -> TrainSummary:
         )
     with torch.device("meta"):
         parameters = count_parameters(Lip2Speech(cfg.model_config))
-    resources, threads = worker_resources(cfg.num_workers, cfg.use_gpu, cfg.cpus_per_worker)
+    workers = 1 if local else cfg.num_workers
+    cache = index.train_bytes / workers <= cfg.cache_mb * 2**20
     print(
-        f"[l2s.train] {cfg.preset}: {parameters:,} parameters; {cfg.num_workers} {cfg.strategy} "
-        f"worker(s) × {resources}; data {index.counts}; val subset {len(index.val_ids)} clips"
+        f"[l2s.train] {cfg.preset}: {parameters:,} parameters; {workers} {cfg.strategy} "
+        f"worker(s){' in this process' if local else ''}; data {index.counts} "
+        f"({index.train_bytes / 2**20:.0f} MiB of train clips{', kept in memory' if cache else ''}); "
+        f"val subset {len(index.val_ids)} clips"
     )
-
-    datasets = {"train": read_split(index, "train", shuffle_files=True)}
+    sources = {"train": source(index, "train", shuffle_files=True)}
     if index.val_ids:
-        datasets["val"] = read_split(index, "val", shuffle_files=False)
-    run = cfg.out
-    trainer = TorchTrainer(
-        train_loop,
-        train_loop_config={
-            "train": cfg.to_dict(),
-            "speakers": index.speakers.to_dict(),
-            "bank": index.bank,
-            "val_ids": list(index.val_ids),
-            "audio_ids": list(index.audio_ids),
-            "mel_stats": [index.mel_mean_M.tolist(), index.mel_std_M.tolist()],
-            "dataset_metadata": index.metadata,
-            "threads": threads,
-        },
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=cfg.num_workers,
-            use_gpu=cfg.use_gpu,
-            resources_per_worker=resources,
-            placement_strategy=cfg.placement_strategy,
-        ),
-        run_config=run_config(run, cfg.max_failures, cfg.keep_checkpoints, callbacks),
-        datasets=datasets,
-        # The val split is not sharded: every worker picks its share of the fixed val subset.
-        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
+        sources["val"] = source(index, "val", shuffle_files=False)
+    loop_config = {
+        "train": cfg.to_dict(),
+        "speakers": index.speakers.to_dict(),
+        "bank": index.bank,
+        "val_ids": list(index.val_ids),
+        "audio_ids": list(index.audio_ids),
+        "mel_stats": [index.mel_mean_M.tolist(), index.mel_std_M.tolist()],
+        "dataset_metadata": index.metadata,
+        "cache": cache,
+    }
+    launch(
+        "lip2speech",
+        cfg,
+        loop_config,
+        sources,
+        checkpoint_file=MODEL_FILE,
+        summary_line=summary_line,
+        local=local,
+        callbacks=callbacks,
     )
-    with echo_reports(run, cfg.steps, summary_line, "l2s.train"):
-        trainer.fit()
-
-    return summarize_run(run, cfg.steps, parameters)
+    return summarize_run(cfg.out, cfg.steps, parameters)
 
 
 def summarize_run(run: str, steps: int, parameters: int, file: str = MODEL_FILE) -> TrainSummary:

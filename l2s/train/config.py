@@ -91,6 +91,10 @@ class TrainConfig(RunBase):
     preset: str = "tiny"
     model: ModelConfig | None = None  # None: the preset's sizes
     loss: LossConfig = field(default_factory=LossConfig)
+    # A checkpoint (or run directory) whose weights a fresh run starts from: fine-tuning, e.g. a
+    # front-end trained on the synthetic corpus carried to real faces. Its model must have this
+    # run's sizes; the mel statistics and speakers are this dataset's. A resume ignores it.
+    init: str | None = None
 
     # Optimisation. The learning rate warms up linearly, then follows a cosine down to
     # lr * min_lr_ratio at the end of the budget: the step budget, or the time budget when that
@@ -99,6 +103,9 @@ class TrainConfig(RunBase):
     batch_size: int = 8  # utterances per worker and step (the most, when max_frames also binds)
     max_frames: int | None = None  # padded video frames per worker batch (length bucketing cap)
     max_clip_frames: int = 250  # longer clips are cut to a window this long (10 s at 25 fps)
+    # A worker whose share of the train split (decoded ROIs and mels) is at most this many MiB
+    # keeps it in memory after the first epoch, instead of reading it again every epoch.
+    cache_mb: int = 2048
     lr: float = 1e-3
     min_lr_ratio: float = 0.05
     warmup_steps: int = 100
@@ -142,6 +149,8 @@ class TrainConfig(RunBase):
                 f"max_frames {self.max_frames} must hold one whole clip (max_clip_frames "
                 f"{self.max_clip_frames})"
             )
+        if self.cache_mb < 0:
+            raise ValueError(f"cache_mb must be >= 0 (0: never cache), got {self.cache_mb}")
         if not self.lr > 0 or not 0 <= self.min_lr_ratio <= 1:
             raise ValueError(
                 f"need lr > 0 and 0 <= min_lr_ratio <= 1, got {self.lr}, {self.min_lr_ratio}"

@@ -1,8 +1,8 @@
 """The feature dataset as training batches.
 
 Driver side, `index_dataset` reads only small columns with plain pyarrow: split counts, the
-speaker table and bank (train split), and a fixed validation subset. `read_split` builds the Ray
-Data dataset of one split that Ray Train shards over the workers.
+speaker table and bank (train split), and a fixed validation subset. `source` describes one split
+for the workers (a Ray Data dataset that Ray Train shards, or a local reader: `session.Source`).
 
 Worker side, pure functions turn rows into batches: cut long clips to a window, length-bucket
 (sort a shuffled window of clips by length, so a batch pads to similar lengths), crop 88×88 (random
@@ -31,6 +31,7 @@ from l2s.models.frontend import crop, normalize_video
 from l2s.models.text import encode_batch, normalize_text
 from l2s.pipeline import shards
 from l2s.schema import SCHEMA_VERSION
+from l2s.train.session import Source
 from l2s.train.speakers import SpeakerBank
 
 # Columns the workers read. Not the clip's own speaker embedding: a clip is conditioned on other
@@ -67,6 +68,7 @@ class DatasetIndex:
         np.ndarray
     )  # per-band statistics of train-split log-mels (`Lip2Speech.set_mel_stats`)
     mel_std_M: np.ndarray
+    train_bytes: int  # the train split's ROIs and mels, decoded
 
 
 def feature_files(uri: str) -> list[str]:
@@ -128,7 +130,7 @@ def index_dataset(uri: str, val_utterances: int, n_val_audio: int, seed: int = 0
     metadata = check_metadata(uri)
     files = feature_files(uri)
     dataset = arrow_dataset(files)
-    rows = dataset.to_table(columns=["id", "speaker", "split"])
+    rows = dataset.to_table(columns=["id", "speaker", "split", "n_frames"])
     counts = {str(k): int(v) for k, v in zip(*_value_counts(rows["split"]), strict=True)}
     if not counts.get("train"):
         raise DatasetError(f"{uri}: no rows in the train split (splits: {counts})")
@@ -146,6 +148,8 @@ def index_dataset(uri: str, val_utterances: int, n_val_audio: int, seed: int = 0
         train_ids, train_speakers, embeddings_ND, per_speaker=SPEAKER_BANK_SIZE, seed=seed
     )
     mel_mean_M, mel_std_M = _mel_stats(dataset, train_ids, seed)
+    train_frames = pc.sum(rows.filter(pc.equal(rows["split"], "train"))["n_frames"]).as_py()
+    frame_bytes = VIDEO.roi_size**2 + MELS_PER_FRAME * AUDIO.n_mels * 4
     val = rows.filter(pc.equal(rows["split"], "val"))
     val_ids, audio_ids = select_val(
         val["id"].to_pylist(), val["speaker"].to_pylist(), val_utterances, n_val_audio
@@ -161,6 +165,7 @@ def index_dataset(uri: str, val_utterances: int, n_val_audio: int, seed: int = 0
         audio_ids=audio_ids,
         mel_mean_M=mel_mean_M,
         mel_std_M=mel_std_M,
+        train_bytes=int(train_frames) * frame_bytes,
     )
 
 
@@ -184,30 +189,11 @@ def _value_counts(column: pa.ChunkedArray) -> tuple[list, list]:
     return counts.field("values").to_pylist(), counts.field("counts").to_pylist()
 
 
-def read_split(index: DatasetIndex, split: str, *, shuffle_files: bool):
-    """The Ray Data dataset of one split (only the columns training needs).
-
-    Read tasks ask for a quarter CPU: Train workers hold most of a small machine's CPUs, and
-    whole-CPU tasks would wait forever for what is left (ENVIRONMENT.md).
-    """
-    import ray.data
-    from ray.data.expressions import col
-
-    from l2s.pipeline.runtime import worker_env
-
-    fs, _ = storage.arrow_filesystem(index.files[0])
-    remote = worker_env()
-    dataset = ray.data.read_parquet(
-        [storage.arrow_filesystem(f)[1] for f in index.files],
-        filesystem=fs,
-        shuffle="files" if shuffle_files else None,
-        num_cpus=0.25,
-        ray_remote_args=remote or None,
-    )
-    # Ray Data pushes the projection and this predicate down into the Parquet scan.
-    dataset = dataset.select_columns([*COLUMNS, "split"])
-    return dataset.filter(expr=col("split") == split, num_cpus=0.25, **remote).select_columns(
-        COLUMNS
+def source(index: DatasetIndex, split: str, *, shuffle_files: bool) -> Source:
+    """One split of the dataset, only the columns training needs (a Ray Data dataset or a local
+    reader: `l2s.train.session`)."""
+    return Source(
+        files=index.files, split=split, columns=tuple(COLUMNS), shuffle_files=shuffle_files
     )
 
 
@@ -380,14 +366,14 @@ def collate(
     )
 
 
-def train_batches(shard, cfg, bank: SpeakerBank, rng: np.random.Generator) -> Iterator[Batch]:
-    """One epoch of this worker's shard (`ray.train.get_dataset_shard("train")`) as batches."""
+def batches_of(
+    clips: Iterable[Utterance], cfg, bank: SpeakerBank, rng: np.random.Generator
+) -> Iterator[Batch]:
+    """One epoch of training clips as batches: long clips cut to a random window, length-bucketed,
+    each conditioned on another utterance of its speaker, augmented (`cfg.augment`)."""
     augment_rng = rng if cfg.augment else None
-    rows = shard.iter_batches(
-        batch_size=4 * cfg.batch_size, batch_format="numpy", prefetch_batches=2
-    )
-    clips = (cut(utt, cfg.max_clip_frames, rng) for batch in rows for utt in utterances(batch))
-    for group in bucket(clips, cfg.batch_size, cfg.max_frames, rng):
+    cut_clips = (cut(utt, cfg.max_clip_frames, rng) for utt in clips)
+    for group in bucket(cut_clips, cfg.batch_size, cfg.max_frames, rng):
         speaker_BD = np.stack([bank.other(u.speaker, u.id, rng) for u in group])
         yield collate(group, speaker_BD, augment_rng, cfg.time_mask)
 

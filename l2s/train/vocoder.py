@@ -5,7 +5,8 @@ run; `l2s.infer.vocoder.load_vocoder(run)` turns its latest checkpoint into a me
     summary = train_vocoder(VocoderTrainConfig(dataset="out/features", out="out/runs/hifigan"))
 
 The run learns from a feature dataset's ground-truth mels and the recordings they were computed
-from (`vocoder_data`); each worker runs `vocoder_loop.vocoder_loop` (DDP: gloo on CPU, NCCL on GPU).
+from (`vocoder_data`); each worker runs the one loop with `tasks.vocoder` (DDP: gloo on CPU, NCCL on
+GPU).
 The same `out` resumes from its latest checkpoint, as `l2s train` does.
 """
 
@@ -110,22 +111,21 @@ def summary_line(metrics: dict) -> str:
     return "  ".join(f"{k} {metrics[k]:.4g}" for k in keys if k in metrics)
 
 
-def train_vocoder(cfg: VocoderTrainConfig) -> TrainSummary:
+def train_vocoder(cfg: VocoderTrainConfig, *, local: bool = False) -> TrainSummary:
     """Train (or resume) the vocoder run `cfg.out` on the current Ray cluster (a local one when
-    none is attached); return when it is done."""
-    import ray.train
+    none is attached); return when it is done. `local`: in this process, without Ray."""
     import torch
-    from ray.train.torch import TorchTrainer
 
     from l2s.audio import griffin_lim
     from l2s.infer.checkpoint import VOCODER_FILE
     from l2s.models.hifigan import Discriminators, Generator, count_parameters
     from l2s.pipeline.runtime import connect
-    from l2s.train import echo_reports, run_config, summarize_run, worker_resources
-    from l2s.train.vocoder_data import index_vocoder_dataset, read_train_audio, read_val_clips
-    from l2s.train.vocoder_loop import score_clips, vocoder_loop
+    from l2s.train import launch, summarize_run
+    from l2s.train.tasks.vocoder import score_clips
+    from l2s.train.vocoder_data import index_vocoder_dataset, read_val_clips, train_audio
 
-    connect()
+    if not local:
+        connect()
     # Workers run in a directory of Ray's own: a relative path would put their logs there.
     cfg = dataclasses.replace(
         cfg, dataset=storage.normalize(cfg.dataset), out=storage.normalize(cfg.out)
@@ -134,36 +134,27 @@ def train_vocoder(cfg: VocoderTrainConfig) -> TrainSummary:
     with torch.device("meta"):
         generator = count_parameters(Generator(cfg.model_config))
         discriminators = count_parameters(Discriminators(cfg.model_config))
-    resources, threads = worker_resources(cfg.num_workers, cfg.use_gpu, cfg.cpus_per_worker)
     print(
         f"[l2s.vocoder] {cfg.preset}: generator {generator:,} parameters, discriminators "
-        f"{discriminators:,}; {cfg.num_workers} worker(s) × {resources}; data {index.counts}"
+        f"{discriminators:,}; data {index.counts}"
     )
     # The baseline every validation prints beside the vocoder: Griffin-Lim of the same mels.
     val_clips = read_val_clips(index)
     baseline = score_clips(griffin_lim, val_clips)
     baseline = {f"val/{k}_gl": v for k, v in baseline.items() if k != "skipped"}
-
-    run = cfg.out
-    trainer = TorchTrainer(
-        vocoder_loop,
-        train_loop_config={
-            "train": cfg.to_dict(),
-            "val_clips": val_clips,
-            "baseline": baseline,
-            "dataset_metadata": index.metadata,
-            "threads": threads,
-        },
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=cfg.num_workers,
-            use_gpu=cfg.use_gpu,
-            resources_per_worker=resources,
-            placement_strategy=cfg.placement_strategy,
-        ),
-        run_config=run_config(run, cfg.max_failures, cfg.keep_checkpoints),
-        datasets={"train": read_train_audio(index)},
+    loop_config = {
+        "train": cfg.to_dict(),
+        "val_clips": val_clips,
+        "baseline": baseline,
+        "dataset_metadata": index.metadata,
+    }
+    launch(
+        "vocoder",
+        cfg,
+        loop_config,
+        {"train": train_audio(index)},
+        checkpoint_file=VOCODER_FILE,
+        summary_line=summary_line,
+        local=local,
     )
-    with echo_reports(run, cfg.steps, summary_line, "l2s.vocoder"):
-        trainer.fit()
-
-    return summarize_run(run, cfg.steps, generator, VOCODER_FILE)
+    return summarize_run(cfg.out, cfg.steps, generator, VOCODER_FILE)

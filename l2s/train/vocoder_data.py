@@ -1,11 +1,12 @@
 """Vocoder training data: clips' ground-truth log-mels with the recordings they were computed from.
 
 A feature dataset stores each clip's log-mel but no waveform, so the audio comes from the source
-videos named in the manifest the dataset was made from (`l2s.pipeline.generate.source_videos`), decoded with
-the same `load_audio` and cut to the same `n_frames · 640` samples that preprocessing turned into
-that mel. No second copy of the audio is kept on disk: on Ray Data the decode is one more map step
-after the Parquet read, and a dataset whose decoded audio fits in `MATERIALIZE_BYTES` is decoded
-once and kept in Ray's object store for every epoch; a larger one is decoded again each epoch.
+videos (and segments) named in the manifest the dataset was made from
+(`l2s.pipeline.generate.source_rows`), decoded with the same `load_audio` and cut to the same
+`n_frames · 640` samples that preprocessing turned into that mel. No second copy of the audio is
+kept on disk: the decode is one more map step after the Parquet read (`session.Source.transform`),
+and on Ray Data a dataset whose decoded audio fits in `MATERIALIZE_BYTES` is decoded once and kept
+in Ray's object store for every epoch; a larger one is decoded again each epoch.
 
 Workers cut every clip into consecutive segments of `segment_frames` mel frames at a random phase
 (an epoch covers the audio once), shuffle them within a window and batch them. The generator's
@@ -17,6 +18,7 @@ Letters in shape names: B batch, M mel bands, F mel frames, S samples (F · 160)
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -27,7 +29,8 @@ import torch
 from l2s import storage
 from l2s.audio import load_audio
 from l2s.config import AUDIO, MELS_PER_FRAME
-from l2s.pipeline.generate import source_videos
+from l2s.pipeline.generate import source_rows
+from l2s.schema import ManifestRow
 from l2s.train.data import (
     DatasetError,
     arrow_dataset,
@@ -35,6 +38,7 @@ from l2s.train.data import (
     feature_files,
     select_val,
 )
+from l2s.train.session import Source
 
 COLUMNS = ["id", "n_frames", "mel"]
 SAMPLES_PER_FRAME = MELS_PER_FRAME * AUDIO.hop_length  # audio samples per video frame
@@ -51,7 +55,7 @@ class VocoderIndex:
     uri: str
     files: tuple[str, ...]
     metadata: dict
-    videos: dict[str, str]  # clip id → source video
+    sources: dict[str, ManifestRow]  # clip id → its source video and segment
     counts: dict[str, int]  # clips per split
     train_bytes: int  # decoded train audio + mels, bytes
     val_ids: tuple[str, ...]  # the clips validation vocodes and scores
@@ -61,8 +65,8 @@ def index_vocoder_dataset(uri: str, n_val: int) -> VocoderIndex:
     """Check a feature dataset and find the audio of its clips; choose `n_val` val clips."""
     metadata = check_metadata(uri)
     files = feature_files(uri)
-    videos = source_videos(uri)
-    if not videos:
+    sources = source_rows(uri)
+    if not sources:
         raise DatasetError(
             f"{uri}: its source manifest ({metadata.get('source_manifest')}) is gone; the vocoder "
             "trains on the recordings the mels were computed from"
@@ -74,7 +78,7 @@ def index_vocoder_dataset(uri: str, n_val: int) -> VocoderIndex:
     train = rows.filter(pc.equal(rows["split"], "train"))
     if not len(train):
         raise DatasetError(f"{uri}: no rows in the train split (splits: {counts})")
-    missing = sorted(set(rows["id"].to_pylist()) - set(videos))
+    missing = sorted(set(rows["id"].to_pylist()) - set(sources))
     if missing:
         raise DatasetError(f"{uri}: {len(missing)} clips have no source video, e.g. {missing[:3]}")
     frames = int(pc.sum(train["n_frames"]).as_py())
@@ -84,59 +88,47 @@ def index_vocoder_dataset(uri: str, n_val: int) -> VocoderIndex:
         uri=storage.normalize(uri),
         files=tuple(files),
         metadata=metadata,
-        videos=videos,
+        sources=sources,
         counts=counts,
         train_bytes=frames * SAMPLES_PER_FRAME * 4 * 2,
         val_ids=select_val(ids, speakers, len(ids), n_val)[1],
     )
 
 
-def clip_audio(video: str, n_frames: int, clip_id: str) -> np.ndarray:
-    """The recording a clip's mel was computed from: its video's audio cut to its frames."""
-    wav_S = load_audio(video, AUDIO.sample_rate)
+def clip_audio(source: ManifestRow, n_frames: int) -> np.ndarray:
+    """The recording a clip's mel was computed from: its segment of its video's audio, cut to
+    its frames."""
     n_samples = n_frames * SAMPLES_PER_FRAME
+    wav_S = load_audio(source.video, AUDIO.sample_rate, source.start, n_samples / AUDIO.sample_rate)
     if len(wav_S) < n_samples:
         raise DatasetError(
-            f"{clip_id}: {video} decodes to {len(wav_S)} samples, its mel covers {n_samples}"
+            f"{source.id}: {source.video} from {source.start:.2f} s decodes to {len(wav_S)} "
+            f"samples, its mel covers {n_samples}"
         )
-    return wav_S[:n_samples]
+    return wav_S
 
 
-def with_audio(batch: dict[str, np.ndarray], videos: dict[str, str]) -> dict[str, np.ndarray]:
-    """Ray Data step: add each clip's recording (float32 bytes) as the column `wav`."""
+def with_audio(
+    batch: dict[str, np.ndarray], sources: dict[str, ManifestRow]
+) -> dict[str, np.ndarray]:
+    """Per-batch step: add each clip's recording (float32 bytes) as the column `wav`."""
     wavs = [
-        clip_audio(videos[str(i)], int(n), str(i)).tobytes()
+        clip_audio(sources[str(i)], int(n)).tobytes()
         for i, n in zip(batch["id"], batch["n_frames"], strict=True)
     ]
     return {**batch, "wav": np.array(wavs, dtype=object)}
 
 
-def read_train_audio(index: VocoderIndex):
-    """The Ray Data dataset of train clips with their mels and recordings."""
-    import ray.data
-    from ray.data.expressions import col
-
-    from l2s.pipeline.runtime import worker_env
-
-    fs, _ = storage.arrow_filesystem(index.files[0])
-    remote = worker_env()
-    dataset = (
-        ray.data.read_parquet(
-            [storage.arrow_filesystem(f)[1] for f in index.files],
-            filesystem=fs,
-            shuffle="files",
-            num_cpus=0.25,
-            ray_remote_args=remote or None,
-        )
-        .select_columns([*COLUMNS, "split"])  # pushed down into the Parquet scan
-        .filter(expr=col("split") == "train", num_cpus=0.25, **remote)
-        .select_columns(COLUMNS)
-        # Quarter CPUs, as the lip-to-speech reads: Train workers hold most of a small machine.
-        .map_batches(
-            with_audio, fn_kwargs={"videos": index.videos}, batch_size=8, num_cpus=0.25, **remote
-        )
+def train_audio(index: VocoderIndex) -> Source:
+    """The train clips with their mels and recordings (decoded by a per-batch step)."""
+    return Source(
+        files=index.files,
+        split="train",
+        columns=tuple(COLUMNS),
+        shuffle_files=True,
+        transform=functools.partial(with_audio, sources=index.sources),
+        materialize=index.train_bytes <= MATERIALIZE_BYTES,
     )
-    return dataset.materialize() if index.train_bytes <= MATERIALIZE_BYTES else dataset
 
 
 def read_val_clips(index: VocoderIndex) -> list[dict]:
@@ -152,7 +144,7 @@ def read_val_clips(index: VocoderIndex) -> list[dict]:
             {
                 "id": row["id"],
                 "mel_MF": np.frombuffer(row["mel"], np.float32).reshape(AUDIO.n_mels, -1).copy(),
-                "wav_S": clip_audio(index.videos[row["id"]], row["n_frames"], row["id"]),
+                "wav_S": clip_audio(index.sources[row["id"]], row["n_frames"]),
             }
         )
     return clips
