@@ -111,7 +111,7 @@ class ScaleRun:
 def _scale_child(scale: int, manifest: str, work: str, root: str) -> None:
     """One scale in this (fresh) process, the driver of the cluster in RAY_ADDRESS (its files
     under `root`); prints its ScaleRun as JSON on the last line."""
-    from l2s.evaluate.split import score_results
+    from l2s.evaluate.split import SYSTEMS, score_results
     from l2s.pipeline.generate import generate_split
     from l2s.pipeline.preprocess import PreprocessConfig, preprocess
     from l2s.pipeline.runtime import connect
@@ -140,7 +140,7 @@ def _scale_child(scale: int, manifest: str, work: str, root: str) -> None:
         "generate",
         lambda: generate_split(features, "train", checkpoint, results, progress=False).clips,
     )
-    timed("score", lambda: len(score_results(results, progress=False)) // 3)
+    timed("score", lambda: len(score_results(results, progress=False)) // len(SYSTEMS))
     sampler.stopped.set()
     print(json.dumps(asdict(run)))
 
