@@ -158,7 +158,7 @@ def speaker(
     from l2s.infer.recognizer import Recognizer
     from l2s.infer.sampling import FlowSampling
     from l2s.infer.vocoder import load_vocoder
-    from l2s.infer.voice import split_speakers
+    from l2s.infer.voice import SplitVoices
     from l2s.pipeline.generate import generate_clips, source_rows
 
     model, vocode = SpeechModel.load(checkpoint), load_vocoder(None)
@@ -169,7 +169,9 @@ def speaker(
             asr_scale=args.asr_scale if args.guide else 0.0,
         )
         model.guide = Recognizer.load(args.guide).network if args.guide else None
-    voices = split_speakers([vars(r) for r in rows], model.speakers)
+    voices = SplitVoices(model.speakers).add(
+        [r.speaker for r in rows], [r.speaker_embedding for r in rows]
+    )
     sources = source_rows(dataset)
 
     def speak(batch: list[dict]) -> list[dict]:

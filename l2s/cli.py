@@ -26,9 +26,15 @@ Vocoder = Annotated[
 ]
 Speaker = Annotated[str | None, typer.Option(help="A speaker the model was trained on.")]
 RunDir = Annotated[str, typer.Option(help="Run directory (local or s3://); the same one resumes.")]
-Nodes = Annotated[int, typer.Option(help="Nodes (with --gpus-per-node).")]
+Nodes = Annotated[
+    int, typer.Option(help="Nodes (with --gpus-per-node; on CPUs, --workers spread over them).")
+]
 GpusPerNode = Annotated[int, typer.Option(help="GPUs per node (0: train on CPU).")]
 Workers = Annotated[int, typer.Option(help="CPU training workers (no GPUs).")]
+CpusPerWorker = Annotated[
+    float | None,
+    typer.Option(help="CPUs each worker asks for (default: most of the cluster, shared)."),
+]
 Steps = Annotated[int, typer.Option(help="Optimizer steps in all.")]
 TimeBudget = Annotated[
     float | None, typer.Option(help="Minutes of training in all (over resumes).")
@@ -172,6 +178,7 @@ def train(
     nodes: Nodes = 1,
     gpus_per_node: GpusPerNode = 0,
     workers: Workers = 2,
+    cpus_per_worker: CpusPerWorker = None,
     strategy: Annotated[
         str | None,
         typer.Option(help="ddp or deepspeed (default: deepspeed for base/large on GPUs, else ddp)"),
@@ -252,6 +259,7 @@ def train(
         nodes=nodes,
         gpus_per_node=gpus_per_node,
         workers=workers,
+        cpus_per_worker=cpus_per_worker,
         time_budget_min=time_budget,
         init=init,
         seed=seed,
@@ -273,6 +281,7 @@ def train_vocoder(
     nodes: Nodes = 1,
     gpus_per_node: GpusPerNode = 0,
     workers: Workers = 2,
+    cpus_per_worker: CpusPerWorker = None,
     steps: Steps = 100_000,
     time_budget: TimeBudget = None,
     batch_size: Annotated[int, typer.Option(help="Segments per worker and step.")] = 16,
@@ -310,6 +319,7 @@ def train_vocoder(
         nodes=nodes,
         gpus_per_node=gpus_per_node,
         workers=workers,
+        cpus_per_worker=cpus_per_worker,
         time_budget_min=time_budget,
         seed=seed,
     )

@@ -71,6 +71,7 @@ from l2s.infer.voice import voice
 from l2s.lipsync import LipSyncError
 from l2s.lipsync.model import LipSyncModel
 from l2s.lipsync.video import lipsync
+from l2s.pipeline.adapter import Cluster, Pool, Resources, plan_pool, remote_args
 from l2s.video import VideoError, VideoInfo, mux_audio, probe
 
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".avi", ".webm")
@@ -583,16 +584,16 @@ def make_plan(dst: str, cfg: DubConfig) -> DubPlan:
     )
 
 
-def _pool(n_videos: int, workers: int | None) -> tuple[int, dict]:
-    """How many Dubber actors, and what each asks for, from the cluster's resources."""
-    import ray
-
-    from l2s.pipeline.runtime import worker_env
-
-    resources = ray.cluster_resources()
-    cpus, gpus = int(resources.get("CPU", 1)), int(resources.get("GPU", 0))
-    options = {"num_gpus": 1, "num_cpus": 1} if gpus else {"num_cpus": 1}
-    return max(1, min(n_videos, workers or gpus or cpus)), {**options, **worker_env()}
+def _pool(n_videos: int, workers: int | None) -> Pool:
+    """The Dubber actors: as many as `plan_pool` sizes from the cluster (whole CPUs each: no Ray
+    Data tasks share the cluster with them), never more than the videos to do."""
+    return plan_pool(
+        Cluster.current(),
+        cpu=Resources(cpus=1),
+        gpu=Resources(cpus=1, gpus=1),
+        workers=workers,
+        items=n_videos,
+    )
 
 
 def _run_pool(
@@ -606,8 +607,8 @@ def _run_pool(
     why the first worker died."""
     import ray
 
-    n_actors, options = _pool(len(todo), workers)
-    actor_class = ray.remote(Dubber).options(**options)
+    pool = _pool(len(todo), workers)
+    actor_class = ray.remote(Dubber).options(**remote_args(pool.resources))
     queue = deque(todo)
     pending: dict = {}
 
@@ -616,7 +617,7 @@ def _run_pool(
             video = queue.popleft()
             pending[actor.dub.remote(video)] = (actor, video)
 
-    for _ in range(n_actors):
+    for _ in range(pool.max_size):
         feed(actor_class.remote(plan))
     lost, why = 0, ""
     while pending:

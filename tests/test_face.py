@@ -6,6 +6,7 @@ Each real clip is cut to its first 3 s to keep the whole file well under a minut
 
 from __future__ import annotations
 
+import importlib.util
 from itertools import islice
 from pathlib import Path
 from urllib.parse import urlparse
@@ -28,7 +29,7 @@ from l2s.face import (
     roi_landmarks,
 )
 from l2s.face.detect import count_faces, savgol
-from l2s.face.fan import FAN_FILE, S3FD_FILE, FanDetector, decode_heatmaps
+from l2s.face.fan import FAN_FILE, S3FD_FILE, FanDetector, decode_heatmaps, stage_random_weights
 from l2s.face.roi import moving_average
 from l2s.face.template import MIRROR_K, apply_affine, params_to_matrix, similarity_fit
 from l2s.video import iter_frames
@@ -301,35 +302,11 @@ def test_decode_heatmaps_finds_sub_cell_peaks() -> None:
 
 @pytest.fixture(scope="module")
 def staged_random_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """S3FD and 2D-FAN-4 weights of the right architecture, random, in a fresh staging dir.
-
-    The detection heads are set so that the untrained S3FD reports faces (the fc7 scale's face
-    logit high everywhere, the other scales' low): the whole path runs, accuracy is not judged.
-    """
-    torch = pytest.importorskip("torch")
-    from face_alignment.detection.sfd.net_s3fd import s3fd
-    from face_alignment.models import FAN
-
-    # Laid out as a $TORCH_HOME, so that face-alignment's own loader finds the same files.
-    directory = tmp_path_factory.mktemp("torch_home") / "hub" / "checkpoints"
-    directory.mkdir(parents=True)
-    torch.manual_seed(0)
-    detector = s3fd()
-    with torch.no_grad():
-        for scale in ("conv3_3_norm", "conv4_3_norm", "conv5_3_norm", "fc7", "conv6_2", "conv7_2"):
-            conf, loc = (
-                getattr(detector, f"{scale}_mbox_conf"),
-                getattr(detector, f"{scale}_mbox_loc"),
-            )
-            conf.weight.zero_()
-            loc.weight.zero_()
-            loc.bias.zero_()
-            face = 10.0 if scale == "fc7" else -10.0
-            conf.bias.fill_(-face)
-            conf.bias[-1] = face
-    torch.save(detector.state_dict(), directory / S3FD_FILE)
-    torch.save(FAN(4).state_dict(), directory / FAN_FILE)
-    return directory
+    """S3FD and 2D-FAN-4 weights of the right architecture, random, in a fresh staging dir laid
+    out as a $TORCH_HOME, so that face-alignment's own loader finds the same files."""
+    if importlib.util.find_spec("face_alignment") is None:
+        pytest.skip("face-alignment is not installed")
+    return stage_random_weights(tmp_path_factory.mktemp("torch_home") / "hub" / "checkpoints")
 
 
 def test_weight_file_names_match_the_installed_face_alignment() -> None:

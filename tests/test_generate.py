@@ -29,7 +29,7 @@ from l2s.infer.checkpoint import VOCODER_FILE
 from l2s.infer.model import SpeechModel
 from l2s.infer.speak import mouth_rois, speak
 from l2s.infer.vocoder import load_vocoder
-from l2s.infer.voice import split_speakers
+from l2s.infer.voice import SplitVoices, split_speakers
 from l2s.models.frontend import crop, normalize_video
 from l2s.models.hifigan import Generator, tiny
 from l2s.pipeline import shards
@@ -240,13 +240,14 @@ def test_the_oracle_hears_the_transcript_and_the_user_never_does(
     assert model.network.cfg.text_conditioning
     row = shards.read_features(synth_features, split="test")[0]
     clip = {**vars(row)}
-    voices = {row.id: (None, "none")}
+    voices = SplitVoices(model.speakers)
+    voice_D, _ = voices.of(row.speaker, row.speaker_embedding)
     lips = generate_clips(model, [clip], voices, {}, str(tmp_path / "lips"))[0]
     oracle = generate_clips(model, [clip], voices, {}, str(tmp_path / "oracle"), oracle_text=True)[
         0
     ]
     assert (lips["heard"], oracle["heard"]) == ("lips", "transcript")
-    (heard,) = model.speech([row.roi_THW()], [None], texts=[normalize_text(row.transcript)])
+    (heard,) = model.speech([row.roi_THW()], [voice_D], texts=[normalize_text(row.transcript)])
     np.testing.assert_array_equal(mel_of(oracle, "mel"), heard.mel_MF)
     (read,) = model.speech([row.roi_THW()], [None])
     np.testing.assert_array_equal(mel_of(lips, "mel"), read.mel_MF)

@@ -33,11 +33,12 @@ def write_manifest(rows: Sequence[ManifestRow], uri: str) -> None:
         pq.write_table(table, f)
 
 
-def read_manifest(uri: str) -> list[ManifestRow]:
-    """The rows of a manifest written by `write_manifest` (checked to be one, of this version)."""
-    with storage.open_uri(uri) as f:
-        table = pq.read_table(f)
-    metadata = table.schema.metadata or {}
+def check_manifest(uri: str, metadata: dict[bytes, bytes] | None = None) -> None:
+    """Refuse a file that is not an l2s manifest of this schema version (read from its footer,
+    or from `metadata` when the caller has the schema already)."""
+    if metadata is None:
+        with storage.open_uri(uri) as f:
+            metadata = pq.read_schema(f).metadata or {}
     record = metadata.get(b"l2s.record", b"").decode()
     version = metadata.get(b"l2s.schema_version", b"").decode()
     if record != "manifest":
@@ -46,6 +47,13 @@ def read_manifest(uri: str) -> list[ManifestRow]:
         raise ValueError(
             f"{uri} has manifest schema version {version!r}; this l2s reads version {SCHEMA_VERSION}"
         )
+
+
+def read_manifest(uri: str) -> list[ManifestRow]:
+    """The rows of a manifest written by `write_manifest` (checked to be one, of this version)."""
+    with storage.open_uri(uri) as f:
+        table = pq.read_table(f)
+    check_manifest(uri, table.schema.metadata or {})
     return from_table(table, ManifestRow)
 
 

@@ -66,7 +66,7 @@ def write_report(
         _summary_table(rows),
     ]
     for folder in results:
-        records = read_generated(folder)[:per_split]
+        records = read_generated(folder, limit=per_split)
         if not records:
             continue
         parts.append(f"<h2>{html.escape(records[0]['split'])} — {html.escape(folder)}</h2>")

@@ -38,7 +38,8 @@ from l2s.config import AUDIO, MELS_PER_FRAME
 from l2s.evaluate.metrics import MetricUnavailable, nan_reasons_of, score_utterance
 from l2s.infer.vocoder import load_vocoder
 from l2s.pipeline import shards
-from l2s.pipeline.generate import WAV_DIR, mel_of, read_generated
+from l2s.pipeline.adapter import Resources, Stage
+from l2s.pipeline.generate import WAV_DIR, mel_of
 
 SCORES_FILE = "scores.parquet"
 # Folders (in a results folder) of each system's audio.
@@ -139,16 +140,21 @@ def score_record(record: dict, results: str, recognizer=None, speaker_encoder=No
     return rows
 
 
-class ScoreBatch:
-    """Ray Data actor: the speaker encoder and the ASR decoder (when asked for) are loaded once
-    per actor."""
+class ScoreBatch(Stage):
+    """Scoring actors (three quarters of a CPU each, one per CPU): the speaker encoder and the ASR
+    decoder (when asked for) are loaded once per actor."""
+
+    cpu = Resources(cpus=0.75)
+    batch_size = 1
 
     def __init__(self, results: str, asr: str | None) -> None:
+        self.results, self.asr = results, asr
+
+    def setup(self) -> None:
         from l2s.evaluate.asr import load_recognizer
         from l2s.speaker import SpeakerEncoder
 
-        self.results = results
-        self.recognizer = None if asr is None else load_recognizer(asr)
+        self.recognizer = None if self.asr is None else load_recognizer(self.asr)
         self.speaker_encoder = SpeakerEncoder()
 
     def __call__(self, batch: dict) -> pa.Table:
@@ -167,37 +173,37 @@ def score_results(
     """Score every generated clip of `results` in parallel on the current Ray (one actor per CPU);
     write `results/scores.parquet`.
 
-    `asr`: the recognizer for WER / CER: pocketsphinx (offline) with "grid" (the GRID grammar),
-    "open" (its trigram LM) or "auto" (the grammar when every transcript is a GRID sentence, the
-    LM otherwise, none when no clip has a transcript); a recognizer run or checkpoint of `l2s
-    train-asr`; or None (no WER / CER).
+    The generated records (mels and all) are streamed from their shards to the actors: the
+    driver holds only the score rows. `asr`: the recognizer for WER / CER: pocketsphinx (offline)
+    with "grid" (the GRID grammar), "open" (its trigram LM) or "auto" (the grammar when every
+    transcript is a GRID sentence, the LM otherwise, none when no clip has a transcript); a
+    recognizer run or checkpoint of `l2s train-asr`; or None (no WER / CER).
     """
+    import pyarrow.parquet as pq
     import ray
-    from ray.data import ActorPoolStrategy
 
     from l2s.evaluate.asr import load_recognizer, mode_for_transcripts
-    from l2s.pipeline.runtime import worker_env
+    from l2s.pipeline.adapter import apply, remote_args
+    from l2s.pipeline.generate import GENERATED
 
     if asr is not None and asr not in ASR_MODES:
         load_recognizer(asr)  # a bad spec is refused here, before any actor starts
-    records = read_generated(results)
+    files = shards.list_shards(results, GENERATED)
+    if not files:
+        raise FileNotFoundError(f"{results}: nothing generated yet ({GENERATED}/ is empty)")
     if asr == "auto":
-        asr = mode_for_transcripts(r["transcript"] for r in records)
-    cpus = int(ray.cluster_resources().get("CPU", 1))
-    remote = worker_env()
-    ds = ray.data.from_items(records, override_num_blocks=max(1, min(len(records), 4 * cpus)))
-    ds = ds.map_batches(
-        ScoreBatch,
-        fn_constructor_args=(results, asr),
-        batch_size=1,
-        compute=ActorPoolStrategy(min_size=1, max_size=workers or max(cpus, 1)),
-        num_cpus=0.75,
-        **remote,
+        asr = mode_for_transcripts(shards.read_column(results, GENERATED, "transcript"))
+    fs, _ = storage.arrow_filesystem(files[0])
+    paths = [storage.arrow_filesystem(f)[1] for f in files]
+    clips = sum(pq.read_metadata(p, filesystem=fs).num_rows for p in paths)
+    ds = ray.data.read_parquet(paths, filesystem=fs, **remote_args())
+    ds = apply(
+        ds.repartition(target_num_rows_per_block=1), ScoreBatch(results, asr), workers=workers
     )
     rows = [
         dict(row)
         for row in tqdm(
-            ds.iter_rows(), total=len(records) * len(SYSTEMS), desc="score", disable=not progress
+            ds.iter_rows(), total=clips * len(SYSTEMS), desc="score", disable=not progress
         )
     ]
     rows.sort(key=lambda r: (r["id"], SYSTEMS.index(r["system"])))

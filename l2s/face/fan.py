@@ -74,6 +74,37 @@ def staged_weights(weights_dir: str | Path | None = None) -> tuple[Path, Path]:
     return s3fd_path, fan_path
 
 
+def stage_random_weights(directory: str | Path, seed: int = 0) -> Path:
+    """Write S3FD and 2D-FAN-4 weights of the right architecture but random values into
+    `directory`, for tests and throughput measurements (nothing they find means anything).
+
+    The detection heads are set so that the untrained S3FD reports faces (the fc7 scale's face
+    logit high everywhere, the other scales' low): the whole path runs, accuracy is not judged."""
+    import torch
+
+    _require_face_alignment()
+    from face_alignment.detection.sfd.net_s3fd import s3fd
+    from face_alignment.models import FAN
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    detector = s3fd()
+    with torch.no_grad():
+        for scale in ("conv3_3_norm", "conv4_3_norm", "conv5_3_norm", "fc7", "conv6_2", "conv7_2"):
+            conf = getattr(detector, f"{scale}_mbox_conf")
+            loc = getattr(detector, f"{scale}_mbox_loc")
+            conf.weight.zero_()
+            loc.weight.zero_()
+            loc.bias.zero_()
+            face = 10.0 if scale == "fc7" else -10.0
+            conf.bias.fill_(-face)
+            conf.bias[-1] = face
+    torch.save(detector.state_dict(), directory / S3FD_FILE)
+    torch.save(FAN(4).state_dict(), directory / FAN_FILE)
+    return directory
+
+
 def _require_face_alignment() -> None:
     if importlib.util.find_spec("face_alignment") is None:
         raise FaceError(

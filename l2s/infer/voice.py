@@ -1,10 +1,11 @@
 """The voice a clip is spoken in: a speaker embedding, never one from the clip's own audio (the
 mistake of Kim et al.'s test-time embedding).
 
-- `split_speakers` (batch generation over a split): a speaker seen in training takes its
+- `SplitVoices` (batch generation over a split): a speaker seen in training takes its
   train-split mean embedding from the checkpoint; an unseen one the mean over its *other*
   utterances in the split (leave-one-out), as a user's reference clip would give; with neither,
-  the model's "no speaker" input.
+  the model's "no speaker" input. It holds a sum and a count per speaker, not a vector per clip,
+  so a split of any size takes the same memory; `split_speakers` gives every clip's at once.
 - `voice` (one video: `speak`, the endpoint, dubbing): a reference recording, a training speaker
   by name, or else the average of the training speakers.
 
@@ -13,7 +14,6 @@ Letters in shape names: D embedding size.
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Sequence
 
 import numpy as np
@@ -25,33 +25,53 @@ from l2s.infer.model import SpeechModel
 from l2s.infer.speakers import SpeakerTable
 
 
+class SplitVoices:
+    """The voice of every clip of a split, from per-speaker sums (see the module doc).
+
+    Built once on the driver from the split's (speaker, speaker_embedding) columns, a batch at a
+    time; sent to the workers, which ask `of(clip)` with the clip's speaker and embedding."""
+
+    def __init__(self, table: SpeakerTable) -> None:
+        self.table = table
+        self.sums: dict[str, np.ndarray] = {}
+        self.counts: dict[str, int] = {}
+
+    def add(self, speakers: Sequence[str], embeddings: Sequence) -> SplitVoices:
+        """Count clips of the split (their speakers and embeddings; an empty embedding is none)."""
+        for speaker, embedding in zip(speakers, embeddings, strict=True):
+            speaker = str(speaker)
+            if self.table.embedding(speaker) is not None:
+                continue
+            embedding_D = np.asarray(embedding, np.float64)
+            if embedding_D.size:
+                self.sums[speaker] = self.sums.get(speaker, 0.0) + embedding_D
+                self.counts[speaker] = self.counts.get(speaker, 0) + 1
+        return self
+
+    def of(self, speaker: str, embedding) -> tuple[np.ndarray | None, str]:
+        """The embedding to condition a clip on (its speaker and its own embedding, which is
+        taken out of the speaker's sum), and where it came from."""
+        mean_D = self.table.embedding(str(speaker))
+        if mean_D is not None:
+            return mean_D, "train mean"
+        own_D = np.asarray(embedding, np.float64)
+        others = self.counts.get(str(speaker), 0) - (1 if own_D.size else 0)
+        if others < 1:
+            return None, "none"
+        total_D = self.sums[str(speaker)] - (own_D if own_D.size else 0.0)
+        return (total_D / others).astype(np.float32), f"other utterances ({others})"
+
+
 def split_speakers(
     clips: Sequence[dict], table: SpeakerTable
 ) -> dict[str, tuple[np.ndarray | None, str]]:
     """Per clip id (clips: dicts with id, speaker, speaker_embedding): the embedding to condition
     on and where it came from ("train mean", "other utterances (k)" or "none"); never the clip's
     own embedding."""
-    by_speaker: dict[str, list[dict]] = defaultdict(list)
-    for clip in clips:
-        by_speaker[clip["speaker"]].append(clip)
-    chosen: dict[str, tuple[np.ndarray | None, str]] = {}
-    for speaker, group in by_speaker.items():
-        mean_D = table.embedding(speaker)
-        for clip in group:
-            if mean_D is not None:
-                chosen[clip["id"]] = (mean_D, "train mean")
-                continue
-            others = [
-                np.asarray(c["speaker_embedding"], np.float32)
-                for c in group
-                if c["id"] != clip["id"]
-            ]
-            others = [e for e in others if e.size]
-            if others:
-                chosen[clip["id"]] = (np.mean(others, axis=0), f"other utterances ({len(others)})")
-            else:
-                chosen[clip["id"]] = (None, "none")
-    return chosen
+    voices = SplitVoices(table).add(
+        [c["speaker"] for c in clips], [c["speaker_embedding"] for c in clips]
+    )
+    return {c["id"]: voices.of(c["speaker"], c["speaker_embedding"]) for c in clips}
 
 
 def voice(

@@ -6,10 +6,11 @@
                            the clips' 10-s windows (`l2s.infer.windows`) in padded forward
                            passes, the vocoder, and its records written as one whole shard
                            (`results/generated/part-*`)
-The voice of every clip is chosen on the driver, over the whole split, by
-`l2s.infer.voice.split_speakers` (the leave-one-out rule needs all of a speaker's clips). A rerun skips ids already in a shard, as
-preprocessing does; a wav is written before the shard that names it, so a shard never points at a
-missing wav.
+The voices come from `l2s.infer.voice.SplitVoices`, counted on the driver over the whole split
+(the leave-one-out rule needs all of a speaker's clips) a shard at a time, and held per speaker,
+so neither the driver nor an actor holds anything per clip but ids and manifest rows. A rerun
+skips ids already in a shard, as preprocessing does; a wav is written before the shard that names
+it, so a shard never points at a missing wav.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from l2s import storage
 from l2s.audio import write_wav
@@ -27,12 +29,13 @@ from l2s.config import AUDIO, MELS_PER_FRAME, VIDEO
 from l2s.corpora import read_manifest
 from l2s.infer.model import SpeechModel
 from l2s.infer.vocoder import Vocoder, load_vocoder
-from l2s.infer.voice import split_speakers
+from l2s.infer.voice import SplitVoices
 from l2s.models.text import normalize_text
 from l2s.pipeline import shards
+from l2s.pipeline.adapter import Resources, Stage
 from l2s.schema import ManifestRow
 
-COLUMNS = ["id", "speaker", "split", "transcript", "n_frames", "roi", "mel"]
+COLUMNS = ["id", "speaker", "speaker_embedding", "split", "transcript", "n_frames", "roi", "mel"]
 GENERATED = "generated"  # folder of output-record shards in a results folder
 WAV_DIR = "wavs"
 
@@ -49,15 +52,15 @@ def source_rows(dataset: str) -> dict[str, ManifestRow]:
 def generate_clips(
     model: SpeechModel,
     clips: Sequence[dict],
-    voices: dict[str, tuple[np.ndarray | None, str]],
+    voices: SplitVoices,
     sources: dict[str, ManifestRow],
     out: str,
     vocode: Vocoder | None = None,
     oracle_text: bool = False,
 ) -> list[dict]:
-    """One batch of feature rows (dicts with id, speaker, split, transcript, n_frames, roi, mel)
-    → wavs in `out/wavs/` (written atomically) and one output record per clip, with the text the
-    lips were read to say.
+    """One batch of feature rows (dicts with id, speaker, speaker_embedding, split, transcript,
+    n_frames, roi, mel) → wavs in `out/wavs/` (written atomically) and one output record per
+    clip, each spoken in the voice `voices` gives it, with the text the lips were read to say.
 
     The model runs over each clip's windows as `l2s speak` does (`SpeechModel.speech`), so that
     scoring measures the speech `speak` gives; a forward pass takes as many windows as the batch
@@ -71,12 +74,16 @@ def generate_clips(
         for c in clips
     ]
     texts = [normalize_text(c["transcript"] or "") for c in clips] if oracle_text else None
-    said = model.speech(rois, [voices[c["id"]][0] for c in clips], per_pass=len(clips), texts=texts)
+    chosen = [voices.of(c["speaker"], c["speaker_embedding"]) for c in clips]
+    voices_D = [voice_D for voice_D, _ in chosen]
+    said = model.speech(rois, voices_D, per_pass=len(clips), texts=texts)
     mels = [s.mel_MF for s in said]
     mean_M = model.mean_mel(1)[:, 0].tolist()
     records = []
     wavs = vocode.batch(mels)
-    for clip, speech, mel_MF, wav_S in zip(clips, said, mels, wavs, strict=True):
+    for clip, (_, voice_source), speech, mel_MF, wav_S in zip(
+        clips, chosen, said, mels, wavs, strict=True
+    ):
         wav = storage.join(out, WAV_DIR, f"{clip['id']}.wav")
         write_wav(wav, wav_S)
         source = sources.get(clip["id"])
@@ -94,7 +101,7 @@ def generate_clips(
                 "mel": mel_MF.astype(np.float32).tobytes(),
                 "target_mel": clip["mel"],
                 "mean_mel": mean_M,
-                "speaker_source": voices[clip["id"]][1],
+                "speaker_source": voice_source,
                 "wav": wav,
                 "checkpoint": model.checkpoint,
                 "vocoder": vocode.name,
@@ -103,12 +110,17 @@ def generate_clips(
     return records
 
 
-def read_generated(results: str) -> list[dict]:
-    """Every output record of a generated split (`results/generated/part-*.parquet`), by id."""
-    table = shards.read_table(results, GENERATED)
-    if table is None:
+def read_generated(results: str, limit: int | None = None) -> list[dict]:
+    """The output records of a generated split (`results/generated/part-*.parquet`) by id: all,
+    or the first `limit` (then only those are kept, a shard in memory at a time)."""
+    ids = sorted(shards.read_column(results, GENERATED, "id"))
+    if not ids:
         raise FileNotFoundError(f"{results}: nothing generated yet ({GENERATED}/ is empty)")
-    return sorted(table.to_pylist(), key=lambda r: r["id"])
+    wanted = pa.array(ids[:limit] if limit is not None else ids, pa.string())
+    records = []
+    for _, part in shards.iter_tables(results, GENERATED):
+        records.extend(part.filter(pc.is_in(part["id"], value_set=wanted)).to_pylist())
+    return sorted(records, key=lambda r: r["id"])
 
 
 def mel_of(record: dict, column: str) -> np.ndarray:
@@ -128,21 +140,35 @@ class Summary:
         return self.seconds / self.speech_seconds if self.speech_seconds else float("nan")
 
 
-class GenerateBatch:
-    """Model actor: one `SpeechModel` per actor; writes one output shard per batch."""
+class GenerateBatch(Stage):
+    """Model actors: one `SpeechModel` and vocoder per actor (on the actor's GPU when the cluster
+    has GPUs, else on three quarters of a CPU, so that the Parquet scan always finds a CPU);
+    writes one output shard per batch."""
+
+    cpu = Resources(cpus=0.75)
+    gpu = Resources(cpus=1, gpus=1)
 
     def __init__(
         self,
         checkpoint: str,
         out: str,
-        voices: dict,
+        voices: SplitVoices,
         sources: dict,
         vocoder: str | None,
+        batch_size: int,
         oracle_text: bool = False,
     ) -> None:
-        self.model, self.vocode = SpeechModel.load(checkpoint), load_vocoder(vocoder)
+        self.checkpoint, self.vocoder, self.batch_size = checkpoint, vocoder, batch_size
         self.out, self.voices, self.sources = out, voices, sources
         self.oracle_text = oracle_text
+
+    def setup(self) -> None:
+        import torch
+
+        # Ray makes only the actor's own GPU visible, when it was given one.
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.model = SpeechModel.load(self.checkpoint, device)
+        self.vocode = load_vocoder(self.vocoder, device)
 
     def __call__(self, batch: dict) -> dict:
         clips = [
@@ -155,18 +181,6 @@ class GenerateBatch:
         shards.write_table(pa.Table.from_pylist(records), storage.join(self.out, GENERATED, name))
         frames = sum(r["n_frames"] for r in records)
         return {"clips": np.array([len(records)]), "frames": np.array([frames])}
-
-
-def _resources(workers: int | None) -> tuple[int, dict]:
-    """Actors and what each asks for: one GPU each when the cluster has GPUs, else one per CPU
-    (asking for a fraction so that the Parquet scan always finds a CPU, ENVIRONMENT.md)."""
-    import ray
-
-    resources = ray.cluster_resources()
-    cpus, gpus = int(resources.get("CPU", 1)), int(resources.get("GPU", 0))
-    if gpus:
-        return workers or gpus, {"num_gpus": 1, "num_cpus": 1}
-    return workers or max(cpus, 1), {"num_cpus": 0.75}
 
 
 def generate_split(
@@ -184,53 +198,46 @@ def generate_split(
     """Generate every clip of `split` not yet in `out`, on the current Ray (see the module doc).
     `oracle_text`: see `generate_clips`."""
     import ray
-    from ray.data import ActorPoolStrategy
     from ray.data.expressions import col
     from tqdm import tqdm
 
-    from l2s.pipeline.runtime import worker_env
+    from l2s.pipeline.adapter import apply, remote_args
 
     start = time.perf_counter()
-    meta = shards.read_table(
-        dataset, shards.FEATURES, ["id", "speaker", "speaker_embedding"], split
-    )
-    if meta is None or not len(meta):
-        raise ValueError(f"{dataset}: no clips in split {split!r}")
     done = set(shards.read_column(out, GENERATED, "id"))
-    todo = set(meta["id"].to_pylist()) - done
-    summary = Summary(skipped=len(meta) - len(todo))
+    voices = SplitVoices(SpeechModel.load(checkpoint).speakers)
+    files, clips, todo = [], 0, 0
+    for uri, part in shards.iter_tables(
+        dataset, shards.FEATURES, ["id", "speaker", "speaker_embedding"], split
+    ):
+        voices.add(part["speaker"].to_pylist(), part["speaker_embedding"].to_pylist())
+        left = sum(i not in done for i in part["id"].to_pylist())
+        clips, todo = clips + len(part), todo + left
+        if left:
+            files.append(uri)
+    if not clips:
+        raise ValueError(f"{dataset}: no clips in split {split!r}")
+    summary = Summary(skipped=clips - todo)
     if todo:
-        voices = split_speakers(meta.to_pylist(), SpeechModel.load(checkpoint).speakers)
-        voices = {k: v for k, v in voices.items() if k in todo}
-        files = shards.shards_holding(dataset, shards.FEATURES, todo)
         fs, _ = storage.arrow_filesystem(files[0])
-        remote = worker_env()
+        light = remote_args()
         ds = ray.data.read_parquet(
-            [storage.arrow_filesystem(f)[1] for f in files],
-            filesystem=fs,
-            num_cpus=0.25,
-            ray_remote_args=remote or None,
+            [storage.arrow_filesystem(f)[1] for f in files], filesystem=fs, **light
         ).select_columns(COLUMNS)
-        ds = ds.filter(expr=col("split") == split, num_cpus=0.25, **remote)
+        ds = ds.filter(expr=col("split") == split, **light)
         if done:
-            ds = ds.filter(lambda row: row["id"] in todo, num_cpus=0.25, **remote)
-        n_actors, actor_resources = _resources(workers)
-        ds = ds.map_batches(
-            GenerateBatch,
-            fn_constructor_args=(
-                checkpoint,
-                out,
-                voices,
-                source_rows(dataset),
-                vocoder,
-                oracle_text,
-            ),
+            ds = ds.filter(expr=col("id").not_in(sorted(done)), **light)
+        stage = GenerateBatch(
+            checkpoint,
+            out,
+            voices,
+            source_rows(dataset),
+            vocoder,
             batch_size=batch_size,
-            compute=ActorPoolStrategy(min_size=1, max_size=n_actors),
-            **actor_resources,
-            **remote,
+            oracle_text=oracle_text,
         )
-        bar = tqdm(total=len(todo), desc=f"generate {split}", unit="clip", disable=not progress)
+        ds = apply(ds, stage, workers=workers)
+        bar = tqdm(total=todo, desc=f"generate {split}", unit="clip", disable=not progress)
         for result in ds.iter_rows():
             summary.clips += int(result["clips"])
             summary.speech_seconds += (

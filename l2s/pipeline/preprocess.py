@@ -1,10 +1,11 @@
 """Preprocessing on Ray Data: manifest → feature shards + error table + metadata.
 
-Two stages around the pure functions of l2s.features:
-  decode  (CPU tasks)   manifest rows → 25 fps frames + 16 kHz audio, or the reason it failed
-  extract (actor pool)  face detector and speaker encoder loaded once per actor (GPU actors when
-                        the cluster has GPUs); landmarks → mouth ROIs, log-mel, embedding; each
-                        batch is written as one whole Parquet shard (see l2s.pipeline.shards).
+Two stages (`l2s.pipeline.adapter`) around the pure functions of l2s.features:
+  Decode  (CPU tasks)   manifest rows → 25 fps frames + 16 kHz audio, or the reason it failed
+  Extract (actor pool)  face detector and speaker encoder loaded once per actor (GPU actors when
+                        the cluster has GPUs and the detector uses one); landmarks → mouth ROIs,
+                        log-mel, embedding; each batch is written as one whole Parquet shard
+                        (see l2s.pipeline.shards).
 The extract stage writes its own shards instead of `Dataset.write_parquet` so that a shard is
 complete or absent and its ids are known: that is what makes a killed job resumable with no
 duplicates. `serial_preprocess` runs the same functions in one process (the benchmark's baseline).
@@ -24,6 +25,7 @@ from l2s.config import AUDIO, VIDEO
 from l2s.corpora import read_manifest
 from l2s.features import ClipError, DecodedClip, FeatureConfig, clip_features, decode_clip
 from l2s.pipeline import shards
+from l2s.pipeline.adapter import Resources, Stage
 from l2s.schema import SCHEMA_VERSION, ErrorRow, FeatureRow, ManifestRow
 
 
@@ -77,31 +79,47 @@ def _plain(value):
     return value
 
 
-def decode_batch(batch: dict, cfg: FeatureConfig) -> dict:
-    """CPU stage: decode each clip, or record why it cannot be decoded."""
-    payloads, stages, reasons = [], [], []
-    for row in _rows(batch):
-        try:
-            payloads.append(_pack(decode_clip(row, cfg)))
-            stages.append("")
-            reasons.append("")
-        except ClipError as e:
-            payloads.append(b"")
-            stages.append(e.stage)
-            reasons.append(e.reason)
-    return {**batch, "payload": payloads, "error_stage": stages, "error_reason": reasons}
+class Decode(Stage):
+    """CPU tasks: decode each clip, or record why it cannot be decoded."""
+
+    cpu = Resources(cpus=0.5)
+
+    def __init__(self, cfg: FeatureConfig, batch_size: int) -> None:
+        self.cfg, self.batch_size = cfg, batch_size
+
+    def __call__(self, batch: dict) -> dict:
+        payloads, stages, reasons = [], [], []
+        for row in _rows(batch):
+            try:
+                payloads.append(_pack(decode_clip(row, self.cfg)))
+                stages.append("")
+                reasons.append("")
+            except ClipError as e:
+                payloads.append(b"")
+                stages.append(e.stage)
+                reasons.append(e.reason)
+        return {**batch, "payload": payloads, "error_stage": stages, "error_reason": reasons}
 
 
-class Extract:
-    """Model stage: detector and speaker encoder loaded once per actor; writes one shard a batch."""
+class Extract(Stage):
+    """Model stage: detector and speaker encoder loaded once per actor; writes one shard a batch.
+
+    CPU actors take half a CPU (the decode tasks need the rest); a GPU actor is used only by the
+    face_alignment detector (dlib runs on CPUs)."""
+
+    cpu = Resources(cpus=0.5)
 
     def __init__(self, cfg: PreprocessConfig, out: str) -> None:
+        self.cfg, self.out, self.batch_size = cfg, out, cfg.shard_size
+        if cfg.features.face.backend == "face_alignment":
+            self.gpu = Resources(cpus=1, gpus=1)
+
+    def setup(self) -> None:
         from l2s.face import load_detector
 
-        self.cfg, self.out = cfg, out
-        self.detector = load_detector(cfg.features.face)
+        self.detector = load_detector(self.cfg.features.face)
         self.speaker_encoder = None
-        if cfg.speaker_embeddings:
+        if self.cfg.speaker_embeddings:
             from l2s.speaker import SpeakerEncoder
 
             self.speaker_encoder = SpeakerEncoder()
@@ -142,51 +160,52 @@ def _todo(manifest: str, out: str) -> tuple[list[ManifestRow], int]:
     return todo, len(rows) - len(todo)
 
 
-def _resources(cfg: PreprocessConfig) -> tuple[int, dict]:
-    """Extract actors and what each asks for, from the cluster's resources.
+# Manifest rows read and put in Ray's object store at a time by `plan`.
+PLAN_BATCH = 8192
 
-    Actors asking for whole CPUs on a small machine starve the decode tasks and the job hangs
-    (ENVIRONMENT.md), so CPU actors take a fraction of a CPU each.
-    """
+
+def plan(manifest: str, out: str, shard_size: int):
+    """The rows of `manifest` not yet in `out`, as a Ray Dataset of blocks of `shard_size` rows
+    (None when every row is done), and how many rows are done.
+
+    The driver reads the manifest PLAN_BATCH rows at a time, drops the done ones and puts the
+    rest in Ray's object store (shared memory, spilled to disk when full): its own memory holds
+    one batch and the set of done ids, whatever the corpus's size. Reading it here rather than
+    with `ray.data.read_parquet` also spares the workers the manifest's storage credentials
+    (Ray Data's file listing task runs without the job's storage environment)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
     import ray
 
-    resources = ray.cluster_resources()
-    cpus, gpus = int(resources.get("CPU", 1)), int(resources.get("GPU", 0))
-    if gpus and cfg.features.face.backend == "face_alignment":
-        return cfg.workers or gpus, {"num_gpus": 1, "num_cpus": 1}
-    return cfg.workers or max(cpus, 1), {"num_cpus": 0.5}
+    from l2s.corpora.manifest import check_manifest
+
+    check_manifest(manifest)
+    done = pa.array(sorted(shards.done_ids(out)), pa.string())
+    refs, skipped = [], 0
+    with storage.open_uri(manifest) as f:
+        for batch in pq.ParquetFile(f).iter_batches(batch_size=PLAN_BATCH):
+            rows = pa.Table.from_batches([batch])
+            if len(done):
+                rows = rows.filter(pc.invert(pc.is_in(rows["id"], value_set=done)))
+                skipped += batch.num_rows - rows.num_rows
+            if rows.num_rows:
+                refs.append(ray.put(rows))
+    if not refs:
+        return None, skipped
+    return ray.data.from_arrow_refs(refs).repartition(target_num_rows_per_block=shard_size), skipped
 
 
 def preprocess(manifest: str, out: str, cfg: PreprocessConfig = PreprocessConfig()) -> Summary:
     """Features for every manifest row not yet in `out` (local or s3://), on the current Ray."""
-    import ray
-    from ray.data import ActorPoolStrategy
-
-    from l2s.pipeline.runtime import worker_env
+    from l2s.pipeline.adapter import apply
 
     start = time.perf_counter()
-    todo, skipped = _todo(manifest, out)
+    ds, skipped = plan(manifest, out, cfg.shard_size)
     summary = Summary(skipped=skipped)
-    if todo:
-        n_actors, actor_resources = _resources(cfg)
-        items = [asdict(r) for r in todo]
-        ds = ray.data.from_items(items, override_num_blocks=max(1, len(items) // cfg.shard_size))
-        remote = worker_env()
-        ds = ds.map_batches(
-            decode_batch,
-            fn_kwargs={"cfg": cfg.features},
-            batch_size=cfg.shard_size,
-            num_cpus=0.5,
-            **remote,
-        )
-        ds = ds.map_batches(
-            Extract,
-            fn_constructor_args=(cfg, out),
-            batch_size=cfg.shard_size,
-            compute=ActorPoolStrategy(min_size=1, max_size=n_actors),
-            **actor_resources,
-            **remote,
-        )
+    if ds is not None:
+        ds = apply(ds, Decode(cfg.features, cfg.shard_size))
+        ds = apply(ds, Extract(cfg, out), workers=cfg.workers)
         for result in ds.iter_rows():
             summary.features += int(result["features"])
             summary.errors.update(s for s in str(result["error_stages"]).split("\n") if s)
@@ -203,10 +222,11 @@ def serial_preprocess(
     start = time.perf_counter()
     todo, skipped = _todo(manifest, out)
     summary = Summary(skipped=skipped)
-    extract = Extract(cfg, out)
+    decode, extract = Decode(cfg.features, cfg.shard_size), Extract(cfg, out)
+    extract.setup()
     for i in range(0, len(todo), cfg.shard_size):
         batch = {k: [getattr(r, k) for r in todo[i : i + cfg.shard_size]] for k in MANIFEST_FIELDS}
-        result = extract(decode_batch(batch, cfg.features))
+        result = extract(decode(batch))
         summary.features += int(result["features"][0])
         summary.errors.update(s for s in str(result["error_stages"][0]).split("\n") if s)
         summary.video_seconds += float(result["video_seconds"][0])

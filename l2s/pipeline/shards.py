@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+from collections.abc import Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -56,29 +57,26 @@ def list_shards(root: str, table: str) -> list[str]:
     ]
 
 
-def read_table(
+def iter_tables(
     root: str, table: str, columns: list[str] | None = None, split: str | None = None
-) -> pa.Table | None:
-    """One table's shards (only `columns`; only rows of `split`) as one Arrow table; None if empty."""
-    parts = []
+) -> Iterator[tuple[str, pa.Table]]:
+    """(shard URI, its rows) for each shard of one table holding rows (only `columns`; only rows
+    of `split`), one shard in memory at a time."""
     for uri in list_shards(root, table):
         with storage.open_uri(uri) as f:
             part = pq.read_table(
                 f, columns=columns, filters=[("split", "==", split)] if split else None
             )
-        parts.append(part)
+        if len(part):
+            yield uri, part
+
+
+def read_table(
+    root: str, table: str, columns: list[str] | None = None, split: str | None = None
+) -> pa.Table | None:
+    """One table's shards (only `columns`; only rows of `split`) as one Arrow table; None if empty."""
+    parts = [part for _, part in iter_tables(root, table, columns, split)]
     return pa.concat_tables(parts) if parts else None
-
-
-def shards_holding(root: str, table: str, ids: set[str]) -> list[str]:
-    """The shards of `table` that hold any of `ids` (only their id columns are read): a job over
-    one split scans those, not the whole dataset."""
-    held = []
-    for uri in list_shards(root, table):
-        with storage.open_uri(uri) as f:
-            if not ids.isdisjoint(pq.read_table(f, columns=["id"]).column("id").to_pylist()):
-                held.append(uri)
-    return held
 
 
 def read_column(root: str, table: str, column: str) -> list:
@@ -99,15 +97,18 @@ def drop_duplicates(root: str) -> int:
     dropped = 0
     for table in (FEATURES, ERRORS):
         for uri in list_shards(root, table):
+            # Only the id column, unless the shard must be rewritten: a job ends with this pass
+            # over every shard, and feature shards are mostly ROI bytes.
             with storage.open_uri(uri) as f:
-                shard = pq.read_table(f)
-            ids = shard.column("id").to_pylist()
+                ids = pq.read_table(f, columns=["id"]).column("id").to_pylist()
             keep = [i not in seen for i in ids]
             seen.update(ids)
             if all(keep):
                 continue
             dropped += keep.count(False)
             if any(keep):
+                with storage.open_uri(uri) as f:
+                    shard = pq.read_table(f)
                 write_table(shard.filter(pa.array(keep)), uri)
             else:
                 storage.remove(uri)

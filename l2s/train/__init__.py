@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import os
 import posixpath
 import threading
@@ -54,12 +55,18 @@ def worker_resources(
 
     Workers get fractional CPUs that leave a quarter of the cluster (at least one CPU) to the
     Ray Data tasks that feed them: Ray Data's file listing asks for a whole CPU, and on a small
-    machine whole-CPU workers would leave it none, so the read never starts.
+    machine whole-CPU workers would leave it none, so the read never starts. That CPU must be
+    free on one node: workers spread over several nodes leave a whole one on the largest.
     """
     import ray
 
     total = float(ray.cluster_resources().get("CPU", 1.0))
-    per_worker = cpus_per_worker or max(0.25, (total - max(1.0, total / 4)) / num_workers)
+    per_worker = max(0.25, (total - max(1.0, total / 4)) / num_workers)
+    nodes = [n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n["Alive"]]
+    if len(nodes) > 1:
+        per_node = math.ceil(num_workers / len(nodes))
+        per_worker = max(0.25, min(per_worker, (max(nodes) - 1.0) / per_node))
+    per_worker = cpus_per_worker or per_worker
     resources = {"CPU": per_worker}
     if use_gpu:
         resources["GPU"] = 1.0
@@ -164,7 +171,10 @@ def launch(
         ray_worker,
         train_loop_config={"task": task, **loop_config, "threads": threads},
         scaling_config=ray.train.ScalingConfig(
-            num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, resources_per_worker=resources
+            num_workers=cfg.num_workers,
+            use_gpu=cfg.use_gpu,
+            resources_per_worker=resources,
+            placement_strategy=cfg.placement_strategy,
         ),
         run_config=run_config(cfg.out, cfg.max_failures, cfg.keep_checkpoints, callbacks),
         datasets={name: source.to_ray() for name, source in sources.items()},

@@ -62,6 +62,13 @@ class RunBase:
         return self.nodes * self.gpus_per_node if self.use_gpu else self.workers
 
     @property
+    def placement_strategy(self) -> str:
+        """Ray Train's placement of the workers: GPU workers packed onto as few nodes as hold them;
+        CPU workers of a run with `nodes` > 1 spread over the nodes (soft: a run that lost a node
+        goes on with all its workers on the nodes left, if they have room)."""
+        return "SPREAD" if not self.use_gpu and self.nodes > 1 else "PACK"
+
+    @property
     def time_budget_s(self) -> float:
         return math.inf if self.time_budget_min is None else 60.0 * self.time_budget_min
 
