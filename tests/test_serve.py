@@ -54,7 +54,7 @@ CFG = dict(
     max_batch_size=8,
     min_preprocess_replicas=2,
     max_preprocess_replicas=2,
-    preprocess_cpus=0.5,
+    preprocess_cpus=0.35,
 )
 
 
@@ -513,7 +513,8 @@ BOUNDARY = "l2s-test-boundary"
 @pytest.fixture
 def big_server(server: str, checkpoint: str) -> Iterator[str]:
     """A second app beside the module's, with room for large uploads: one small face-tracking
-    replica, so that uploads wait for it (the 2-CPU Ray has 0.4 CPU left)."""
+    replica, so that uploads wait for it (the module's app holds 1.6 of the 2-CPU Ray: an ingress
+    0.1, two face-tracking replicas 0.35 each, the model 0.5, the lip generator 0.3; 0.4 is left)."""
     from ray import serve
 
     from l2s.serve.app import app_for
