@@ -84,13 +84,15 @@ class StageClock:
         """The whole process's CPU while the block runs, less what threads that were already
         running (Ray's own) spent meanwhile: the block's thread and any threads it starts (FFmpeg's
         decoding threads). For a replica that runs one request at a time."""
-        before = _other_threads_cpu_ns()
+        # The process clock brackets the thread readings: what the other threads spend while
+        # they are read (reading gives up the GIL, file by file) is on both sides of the sum.
         start = time.process_time()
+        before = _other_threads_cpu_ns()
         try:
             yield
         finally:
-            spent = time.process_time() - start
             after = _other_threads_cpu_ns()
+            spent = time.process_time() - start
             background = sum(after[tid] - before[tid] for tid in before.keys() & after.keys())
             self.seconds[stage] += spent - background / 1e9
 
