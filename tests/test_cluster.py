@@ -120,8 +120,12 @@ def submit_and_kill(
     finally:
         if job.poll() is None:
             job.kill()
-    states = {n["node_id"]: n["state"] for n in cluster.state("nodes")}
-    assert states[cluster.nodes[worker].node_id] == "DEAD"
+    # The GCS declares a node dead only after its health checks fail (seconds): a job that
+    # finishes sooner may see it still listed as alive.
+    deadline, node_id = time.monotonic() + 60, cluster.nodes[worker].node_id
+    while (state := {n["node_id"]: n["state"] for n in cluster.state("nodes")}[node_id]) != "DEAD":
+        assert time.monotonic() < deadline, f"the killed node is still {state} after 60 s"
+        time.sleep(1)
     return output, job.returncode
 
 
