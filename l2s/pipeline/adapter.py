@@ -18,6 +18,7 @@ nodes start at zero, `workers` sets the size the pool may grow to (the autoscale
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any
 
@@ -96,7 +97,7 @@ def plan_pool(
     return Pool(resources=resources, min_size=1, max_size=size)
 
 
-class Stage:
+class Stage(ABC):
     """One step of a Ray Data pipeline. Subclasses set `cpu` (and `gpu` when a GPU helps), the
     rows per call, and `__call__`; a stage that loads a model overrides `setup()` and runs on an
     actor pool, one `setup()` per actor. A stage object is pickled to the workers before
@@ -115,11 +116,12 @@ class Stage:
         """Runs on an actor pool: it has a `setup()` to run once per worker."""
         return type(self).setup is not Stage.setup
 
-    def setup(self) -> None:
+    def setup(self) -> None:  # noqa: B027  optional: a stage without one runs as Ray tasks
         """Load what the stage needs (models), once per worker."""
 
+    @abstractmethod
     def __call__(self, batch: dict) -> Any:
-        raise NotImplementedError
+        """One batch of rows (column → values) → its output rows."""
 
 
 class _Worker:
