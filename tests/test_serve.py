@@ -215,35 +215,50 @@ def test_the_model_batches_clips_that_arrive_together(server: str, synth_corpus:
         assert max(size for size, n in new.items() if n) > 1, f"{stage}: no shared batch {new}"
 
 
+STAGE_CLOCK_CASE = """
+import threading, time
+from l2s.serve.deployments import StageClock
+
+def burn(cpu_s):
+    start = time.thread_time()
+    while time.thread_time() - start < cpu_s:
+        pass
+
+def spin():
+    while not stop.is_set():
+        pass
+
+stop = threading.Event()
+spinner = threading.Thread(target=spin)
+spinner.start()
+clock = StageClock()
+try:
+    with clock.process("stage"):
+        started = threading.Thread(target=burn, args=(0.2,))
+        started.start()
+        started.join()
+        burn(0.1)
+finally:
+    stop.set()
+    spinner.join()
+print(clock.seconds["stage"])
+"""
+
+
 def test_a_stage_clock_counts_its_block_and_the_threads_it_starts_not_the_others() -> None:
     """Preprocess's stage CPU (what benchmarks/serve.py subtracts from the server's): the block's
     thread and a thread it starts (as FFmpeg's decoder does) count; a thread already running (as
-    Ray's own do) does not, though it spins all along."""
-    from l2s.serve.deployments import StageClock
-
-    def burn(cpu_s: float) -> None:
-        start = time.thread_time()
-        while time.thread_time() - start < cpu_s:
-            pass
-
-    def spin() -> None:
-        while not stop.is_set():
-            pass
-
-    stop = threading.Event()
-    spinner = threading.Thread(target=spin)
-    spinner.start()
-    clock = StageClock()
-    try:
-        with clock.process("stage"):
-            started = threading.Thread(target=burn, args=(0.2,))
-            started.start()
-            started.join()
-            burn(0.1)
-    finally:
-        stop.set()
-        spinner.join()
-    assert 0.28 <= clock.seconds["stage"] <= 0.45, clock.seconds
+    Ray's own do) does not, though it spins all along. In a process of its own: this one's Ray
+    client threads come and go (gRPC grows its pools), and a thread that starts or ends inside
+    the block is counted, which is the clock's documented limit, not what this test is about."""
+    run = subprocess.run(
+        [sys.executable, "-c", STAGE_CLOCK_CASE],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    assert 0.28 <= float(run.stdout) <= 0.45, run.stdout
 
 
 def test_unknown_speaker_is_refused_and_a_known_one_speaks(

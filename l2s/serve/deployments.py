@@ -83,7 +83,9 @@ class StageClock:
     def process(self, stage: str) -> Iterator[None]:
         """The whole process's CPU while the block runs, less what threads that were already
         running (Ray's own) spent meanwhile: the block's thread and any threads it starts (FFmpeg's
-        decoding threads). For a replica that runs one request at a time."""
+        decoding threads). For a replica that runs one request at a time. A thread of someone
+        else's that starts or ends inside the block is counted too: only the process clock saw
+        it."""
         # The process clock brackets the thread readings: what the other threads spend while
         # they are read (reading gives up the GIL, file by file) is on both sides of the sum.
         start = time.process_time()
