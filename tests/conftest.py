@@ -9,11 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from l2s.pipeline.runtime import SMALL_MACHINE_ENV
+from l2s.pipeline.runtime import LOCAL_RAY_ENV
 
 # Every local Ray of the session (ray_local, the CLI's in subprocesses, the multi-node cluster)
 # as l2s.pipeline.runtime.connect starts one, set before anything imports Ray Data.
-os.environ.update(SMALL_MACHINE_ENV)
+for name, value in LOCAL_RAY_ENV.items():
+    os.environ.setdefault(name, value)
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")

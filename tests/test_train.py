@@ -199,9 +199,10 @@ def test_a_killed_deepspeed_run_resumes_learns_and_its_checkpoint_loads_without_
     finally:
         os.killpg(first.pid, signal.SIGKILL)  # the driver, its local Ray and the workers
         first.wait()
-    killed_at = read_config(latest_checkpoint(str(out)))["progress"]["step"]
+    checkpoint = latest_checkpoint(str(out))
+    killed_at = read_config(checkpoint)["progress"]["step"]
     assert 20 <= killed_at < 60
-    partitions = list((Path(latest_checkpoint(str(out))) / "deepspeed").rglob("*optim_states.pt"))
+    partitions = list((Path(checkpoint) / "deepspeed").rglob("*optim_states.pt"))
     assert len(partitions) == 2, partitions
 
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
