@@ -59,12 +59,13 @@ FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "real"
 ROLES = {
     "ProxyActor": "HTTP proxy",
     "ServeReplica:l2s:Api": "ingress",
-    "ServeReplica:l2s:Preprocess": "Preprocess",
     "ServeReplica:l2s:Synthesizer": "Synthesizer",
     "ServeController": "controller",
 }
 OTHER = "other Ray"  # raylet, GCS, agents, idle workers
-STAGES = {"Preprocess": ("preprocess",), "Synthesizer": ("model", "vocoder")}
+# The stages each deployment's replicas count (`stage_cpu`), by the role of its processes.
+DEPLOYMENTS = {"ingress": "Api", "Synthesizer": "Synthesizer"}
+STAGES = {"ingress": ("preprocess",), "Synthesizer": ("model", "vocoder")}
 
 
 @dataclass(frozen=True)
@@ -264,20 +265,19 @@ def server_cpu_seconds() -> dict[str, float]:
     return spent
 
 
-def stage_cpu_seconds(deployment: str, replicas: int) -> dict[str, float]:
-    """The stages' CPU seconds so far, summed over the deployment's replicas: each call reaches
-    one replica, so call until every one has answered."""
+def stage_cpu_seconds(role: str, replicas: int) -> dict[str, float]:
+    """The stages' CPU seconds so far, summed over the replicas of the deployment in `role`: each
+    call reaches one replica, so call until every one has answered."""
     from ray import serve
 
+    deployment = DEPLOYMENTS[role]
     handle = serve.get_deployment_handle(deployment, app_name="l2s")
     seen: dict[str, dict[str, float]] = {}
     for _ in range(200):
         replica, seconds = handle.stage_cpu.remote().result()
         seen[replica] = seconds
         if len(seen) == replicas:
-            return {
-                stage: sum(s.get(stage, 0.0) for s in seen.values()) for stage in STAGES[deployment]
-            }
+            return {stage: sum(s.get(stage, 0.0) for s in seen.values()) for stage in STAGES[role]}
     sys.exit(f"{deployment}: {len(seen)} of {replicas} replicas answered in 200 calls")
 
 
@@ -298,7 +298,7 @@ def run_variant(name: str, cfg, clips: list[Path], args: argparse.Namespace) -> 
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(app_for(cfg), name="l2s", route_prefix="/")
     url = f"http://127.0.0.1:{port}"
-    replicas = {"Preprocess": cfg.min_preprocess_replicas, "Synthesizer": cfg.model_replicas}
+    replicas = {"ingress": cfg.min_preprocess_replicas, "Synthesizer": cfg.model_replicas}
 
     def stages() -> dict[str, float]:
         return {k: v for name, n in replicas.items() for k, v in stage_cpu_seconds(name, n).items()}
@@ -337,7 +337,7 @@ def run_variant(name: str, cfg, clips: list[Path], args: argparse.Namespace) -> 
 def report(results: list[Result], args: argparse.Namespace) -> None:
     print(
         f"\n{args.clients} concurrent clients, {args.requests} requests of {args.seconds:g}-s "
-        f"clips, {args.preprocess_replicas} preprocessing replicas, {os.cpu_count()} CPUs; "
+        f"clips, {args.preprocess_replicas} ingress replicas (each preprocesses), {os.cpu_count()} CPUs; "
         f"load average now {os.getloadavg()[0]:.1f}"
     )
     header = (
@@ -463,8 +463,7 @@ def main() -> None:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-    import ray
-
+    from l2s.pipeline.runtime import connect
     from l2s.serve import ServeConfig
 
     print(f"load average before: {os.getloadavg()[0]:.1f} (1 min)")
@@ -472,7 +471,7 @@ def main() -> None:
         clips = cut_clips(args.seconds, Path(folder))
         if not args.screenshot and not args.no_profile:
             stage_costs(clips, args.checkpoint, args.vocoder)
-        ray.init(address="local", include_dashboard=False, log_to_driver=False)
+        connect()  # a local Ray, as `l2s serve` starts it
         cfg = ServeConfig(
             checkpoint=args.checkpoint,
             max_batch_size=args.max_batch_size,

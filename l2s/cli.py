@@ -568,7 +568,10 @@ def serve(
         int, typer.Option(help="Model windows per dynamic batch (1: no batching).")
     ] = 8,
     preprocess_replicas: Annotated[
-        int, typer.Option(help="Most face-tracking replicas (0: one per CPU but one).")
+        int,
+        typer.Option(
+            help="Most ingress replicas, each tracking one face at a time (0: one per CPU but one)."
+        ),
     ] = 0,
     max_upload_mb: Annotated[float, typer.Option(help="Largest upload accepted.")] = 100.0,
     max_seconds: Annotated[float, typer.Option(help="Longest video accepted.")] = 60.0,

@@ -45,8 +45,8 @@ from l2s.video import MUX_SAMPLE_RATE, iter_frames, write_video
 
 SAMPLES_PER_FRAME = AUDIO.sample_rate // VIDEO.fps
 CHROMIUM = "/usr/bin/chromium"
-# Small limits, so that small files can cross them; two half-CPU face-tracking replicas, so
-# that the module's Serve app fits the session's 2-CPU Ray beside the model and the ingress.
+# Small limits, so that small files can cross them; two ingress replicas (each tracks faces) of
+# 0.35 CPU, so that the module's Serve app fits the session's 2-CPU Ray beside the model.
 CFG = dict(
     max_upload_mb=1.5,
     max_seconds=8.0,
@@ -189,25 +189,23 @@ def test_the_model_batches_clips_that_arrive_together(server: str, synth_corpus:
     deployment at once: they share padded batches, and each waveform is cut back to its clip."""
     from ray import serve
 
+    from l2s.features import FeatureConfig
+    from l2s.infer.speak import mouth_rois
     from l2s.infer.windows import WINDOW
-    from l2s.serve.upload import Upload, current_node
 
-    preprocess = serve.get_deployment_handle("Preprocess", app_name="l2s")
     synthesizer = serve.get_deployment_handle("Synthesizer", app_name="l2s")
     a, b = (
-        preprocess.rois.remote(
-            Upload(name=path.name, path=str(path), node_id=current_node(), size=path.stat().st_size)
-        ).result()[0]
+        mouth_rois(str(path), FeatureConfig())[0]
         for path in sorted(synth_corpus.glob("train/*/*.mp4"))[:2]
     )
     long_THW = np.resize(np.concatenate([a, b]), (WINDOW + 50, *a.shape[1:]))
     rois = [a, b, a[:30], b[:45], np.concatenate([a, b]), long_THW]
     before = synthesizer.batch_sizes.remote().result()
-    responses = [synthesizer.speak.remote((roi_THW, 1.0)) for roi_THW in rois]
+    responses = [synthesizer.speak.remote(roi_THW) for roi_THW in rois]
     for roi_THW, response in zip(rois, responses, strict=True):
-        wav_S, text, face_ratio = response.result()
+        wav_S, text = response.result()
         assert len(wav_S) == len(roi_THW) * SAMPLES_PER_FRAME and np.isfinite(wav_S).all()
-        assert face_ratio == 1.0 and set(text) <= set(" 'ABCDEFGHIJKLMNOPQRSTUVWXYZ")
+        assert set(text) <= set(" 'ABCDEFGHIJKLMNOPQRSTUVWXYZ")
     after = synthesizer.batch_sizes.remote().result()
     for stage, items in (("model", len(rois) + 1), ("vocoder", len(rois))):
         new = {size: n - before[stage].get(size, 0) for size, n in after[stage].items()}
@@ -246,11 +244,12 @@ print(clock.seconds["stage"])
 
 
 def test_a_stage_clock_counts_its_block_and_the_threads_it_starts_not_the_others() -> None:
-    """Preprocess's stage CPU (what benchmarks/serve.py subtracts from the server's): the block's
-    thread and a thread it starts (as FFmpeg's decoder does) count; a thread already running (as
-    Ray's own do) does not, though it spins all along. In a process of its own: this one's Ray
-    client threads come and go (gRPC grows its pools), and a thread that starts or ends inside
-    the block is counted, which is the clock's documented limit, not what this test is about."""
+    """The preprocessing stage's CPU (what benchmarks/serve.py subtracts from the server's): the
+    block's thread and a thread it starts (as FFmpeg's decoder does) count; a thread already
+    running (as Ray's own and the event loop do) does not, though it spins all along. In a
+    process of its own: this one's Ray client threads come and go (gRPC grows its pools), and a
+    thread that starts or ends inside the block is counted, which is the clock's documented
+    limit, not what this test is about."""
     run = subprocess.run(
         [sys.executable, "-c", STAGE_CLOCK_CASE],
         capture_output=True,
@@ -527,9 +526,9 @@ BOUNDARY = "l2s-test-boundary"
 
 @pytest.fixture
 def big_server(server: str, checkpoint: str) -> Iterator[str]:
-    """A second app beside the module's, with room for large uploads: one small face-tracking
-    replica, so that uploads wait for it (the module's app holds 1.6 of the 2-CPU Ray: an ingress
-    0.1, two face-tracking replicas 0.35 each, the model 0.5, the lip generator 0.3; 0.4 is left)."""
+    """A second app beside the module's, with room for large uploads: one small ingress
+    replica, so that uploads wait for its face tracking (the module's app holds 1.5 of the 2-CPU
+    Ray: two ingress replicas 0.35 each, the model 0.5, the lip generator 0.3; 0.5 is left)."""
     from ray import serve
 
     from l2s.serve.app import app_for
@@ -555,15 +554,11 @@ def padded(clip: Path, size: int) -> bytes:
 
 
 def upload_processes(app: str) -> list:
-    """The processes an upload to `app` passes through: Serve's HTTP proxy, the app's ingress and
-    its face-tracking replicas (the model's sees only mouth crops)."""
+    """The processes an upload to `app` passes through: Serve's HTTP proxy and the app's ingress,
+    which tracks the face in it (the model's replica sees only mouth crops)."""
     import psutil
 
-    names = (
-        "ray::ProxyActor",
-        f"ray::ServeReplica:{app}:Api",
-        f"ray::ServeReplica:{app}:Preprocess",
-    )
+    names = ("ray::ProxyActor", f"ray::ServeReplica:{app}:Api")
     return [p for p in psutil.Process().children(recursive=True) if process_name(p) in names]
 
 
@@ -609,7 +604,7 @@ def test_many_large_uploads_at_once_leave_the_servers_memory_bounded(
         assert all(r.ok for r in pool.map(lambda _: post(big_server, clip), range(n_uploads)))
     processes = upload_processes("big")
     names = {p.pid: process_name(p) for p in processes}
-    assert len(set(names.values())) == 3, names
+    assert len(set(names.values())) == 2, names
 
     def resident() -> dict[str, int]:
         return {names[p.pid]: p.memory_info().rss for p in processes}
@@ -675,8 +670,8 @@ def test_serve_build_writes_a_config_of_the_app(checkpoint: str, tmp_path: Path)
     (application,) = config["applications"]
     assert application["import_path"] == "l2s.serve.app:app"
     deployments = {d["name"]: d for d in application["deployments"]}
-    assert set(deployments) == {"Api", "Preprocess", "Synthesizer"}
-    assert deployments["Preprocess"]["autoscaling_config"]["max_replicas"] == 2
+    assert set(deployments) == {"Api", "Synthesizer"}
+    assert deployments["Api"]["autoscaling_config"]["max_replicas"] == 2
 
 
 def test_serve_run_arguments_reach_the_builder(checkpoint: str) -> None:

@@ -25,14 +25,28 @@ def connect() -> None:
         ray.init(address="local", include_dashboard=False, log_to_driver=False)
 
 
-# Set before a local Ray starts, whose workers inherit it. Ray 2.60's Parquet reader (Ray Data's
-# datasource V2) provisions a pool of up to 32 FooterReader actors for every listing, one Python
-# process each, made for a cluster reading footers over the network; on a 2-core machine each such
-# process costs seconds of start-up, and a training run lists its train and val data once per
-# worker (measured: `l2s train` on the toy dataset, 2 workers, 60 steps, 67 s with it, 59 s
-# without). The V1 reader lists the files in the task that reads them. A value already in the
-# environment wins.
-LOCAL_RAY_ENV = {"RAY_DATA_USE_DATASOURCE_V2": "0"}
+# Set before a local Ray starts, whose workers inherit it; a value already in the environment
+# wins. A local Ray is one machine's, often a small one, where Ray's own background work is a
+# share of the cores that the work does not get:
+# - Ray 2.60's Parquet reader (Ray Data's datasource V2) provisions a pool of up to 32
+#   FooterReader actors for every listing, one Python process each, made for a cluster reading
+#   footers over the network; on a 2-core machine each such process costs seconds of start-up,
+#   and a training run lists its train and val data once per worker (measured: `l2s train` on
+#   the toy dataset, 2 workers, 60 steps, 67 s with it, 59 s without). The V1 reader lists the
+#   files in the task that reads them.
+# - Ray's metrics: a local Ray runs no dashboard to read them, yet every process records and
+#   exports them, Serve's per request, and each Serve replica and handle exports its cached
+#   metrics every 0.1 s.
+# - Serve's controller wakes every 0.1 s; every 0.5 s it reacts a second later to a deployment
+#   (`l2s serve` starts in 8 s instead of 7) and spends a fraction of the CPU while idle.
+# Together with the ingress that preprocesses, these took the endpoint's CPU beyond its stages
+# from 0.175 to ~0.08 CPU-s per 3-s request on 2 cores (benchmarks/serve.py).
+LOCAL_RAY_ENV = {
+    "RAY_DATA_USE_DATASOURCE_V2": "0",
+    "RAY_enable_metrics_collection": "0",
+    "RAY_SERVE_METRICS_EXPORT_INTERVAL_MS": "10000",
+    "RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "0.5",
+}
 
 
 # Where a worker finds the driver's object store (a local S3-compatible server, a region): forwarded

@@ -21,9 +21,10 @@ name) or a video that cannot be spoken (too long, too large a frame, no face, de
 midway), each with `{"detail": reason}`. /v1/lipsync follows the same rules, its `speech` file
 too (415: not audio FFmpeg can read); the two files together stay within the upload limit.
 
-The ingress does no heavy work itself: it streams the upload to a temporary file
-(l2s/serve/upload.py) and hands its path to the deployments of l2s/serve/deployments.py; for
-/v1/dub it muxes the speech in (a stream copy) in a thread and streams the result from disk.
+The ingress replicas are the CPU stage (l2s/serve/deployments.py): each streams an upload to a
+temporary file (l2s/serve/upload.py), tracks the mouth in it in a thread of its own and sends the
+ROIs to the Synthesizer, the model's deployment; for /v1/dub it muxes the speech in (a stream
+copy) in a thread and streams the result from disk. They autoscale on the requests in work.
 The /docs and /redoc pages load their scripts from the app itself (fastapi-offline), so they work
 on a cluster without internet access.
 """
@@ -52,7 +53,7 @@ from l2s import __version__
 from l2s.audio import wav_bytes
 from l2s.config import AUDIO
 from l2s.serve.config import Rejected, ServeConfig
-from l2s.serve.deployments import LipSyncer, Preprocess, Synthesizer
+from l2s.serve.deployments import LipSyncer, Preprocessor, Synthesizer, stage_cpu
 from l2s.serve.upload import MAX_FIELD_BYTES, Upload, received, received_files
 from l2s.video import VideoError, mux_audio
 
@@ -155,11 +156,12 @@ class UploadLimit:
 
 def make_api(
     cfg: ServeConfig,
-    preprocess: DeploymentHandle,
+    preprocessor: Preprocessor,
     synthesizer: DeploymentHandle,
     lipsyncer: DeploymentHandle | None = None,
 ) -> FastAPI:
-    """The FastAPI app of one ingress replica, calling the deployments through their handles."""
+    """The FastAPI app of one ingress replica: its own preprocessor, the deployments through
+    their handles."""
     api = FastAPIOffline(
         title="l2s",
         version=__version__,
@@ -173,13 +175,13 @@ def make_api(
     page = resources.files("l2s.serve").joinpath("index.html").read_text(encoding="utf-8")
 
     async def speech_of(upload: Upload, fields: dict[str, str]) -> Said:
-        """The upload's speech, the lips' reading and the fraction of frames with a face.
-        Preprocess's pending result goes to the Synthesizer as it is: the mouth ROIs (0.7 MB for
-        3 s, 14 MB for 60 s) pass from one replica to the other through Ray's object store, never
-        through this replica, and the face ratio comes back with the speech."""
+        """The upload's speech, the lips' reading and the fraction of frames with a face. The
+        mouth ROIs (0.7 MB for 3 s, 14 MB for 60 s) go to the Synthesizer through Ray's object
+        store."""
         try:
-            rois = preprocess.rois.remote(upload)
-            return Said(*await synthesizer.speak.remote(rois, fields.get("speaker") or None))
+            roi_THW, face_ratio = await preprocessor.rois(upload)
+            wav_S, text = await synthesizer.speak.remote(roi_THW, fields.get("speaker") or None)
+            return Said(wav_S, text, face_ratio)
         except Rejected as e:
             raise HTTPException(e.status, e.reason) from None
 
@@ -292,30 +294,31 @@ def _dub(upload: Upload, wav_S: np.ndarray, folder: str) -> str:
     return str(out)
 
 
-# Up to 64 requests in work, their uploads on disk; beyond 16 more waiting, a 503. A request
-# that waits for the ingress has its whole body buffered in Serve's HTTP proxy.
-@serve.deployment(
-    max_ongoing_requests=64, max_queued_requests=16, ray_actor_options={"num_cpus": 0.1}
-)
+# Up to 64 requests in work per replica, their uploads on disk; beyond 16 more waiting, a 503. A
+# request that waits for the ingress has its whole body buffered in Serve's HTTP proxy.
+@serve.deployment(max_ongoing_requests=64, max_queued_requests=16)
 @serve.ingress()
 class Api:
-    """The HTTP ingress; its FastAPI app is built in the replica (`__serve_build_asgi_app__`),
-    so that the routes can close over this deployment's config and handles."""
+    """The HTTP ingress and the preprocessing; its FastAPI app is built in the replica
+    (`__serve_build_asgi_app__`), so that the routes can close over this replica's config,
+    preprocessor and handles."""
 
     def __init__(
         self,
-        preprocess: DeploymentHandle,
         synthesizer: DeploymentHandle,
         cfg: ServeConfig,
         lipsyncer: DeploymentHandle | None = None,
     ) -> None:
-        self.preprocess = preprocess
+        self.preprocessor = Preprocessor(cfg)
         self.synthesizer = synthesizer
         self.cfg = cfg
         self.lipsyncer = lipsyncer
 
     def __serve_build_asgi_app__(self) -> FastAPI:
-        return make_api(self.cfg, self.preprocess, self.synthesizer, self.lipsyncer)
+        return make_api(self.cfg, self.preprocessor, self.synthesizer, self.lipsyncer)
+
+    def stage_cpu(self) -> tuple[str, dict[str, float]]:
+        return stage_cpu(self.preprocessor.clock)
 
 
 def model_gpus(cfg: ServeConfig) -> float:
@@ -333,22 +336,10 @@ def model_gpus(cfg: ServeConfig) -> float:
 
 
 def app_for(cfg: ServeConfig) -> serve.Application:
-    """The application graph: ingress → Preprocess → Synthesizer (and LipSyncer when a lip
-    generator is configured), sized by `cfg`."""
+    """The application graph: the ingress, which preprocesses, → Synthesizer (and LipSyncer
+    when a lip generator is configured), sized by `cfg`."""
     from l2s.pipeline.runtime import worker_env
 
-    preprocess = Preprocess.options(
-        autoscaling_config={
-            "min_replicas": cfg.min_preprocess_replicas,
-            "initial_replicas": cfg.min_preprocess_replicas,
-            "max_replicas": cfg.max_preprocess_replicas,
-            # One clip in work per replica: more waiting than that adds a replica.
-            "target_ongoing_requests": 1,
-            "upscale_delay_s": 2.0,
-            "downscale_delay_s": 120.0,
-        },
-        ray_actor_options={"num_cpus": cfg.preprocess_cpus, **worker_env()},
-    ).bind(cfg)
     synthesizer = Synthesizer.options(
         num_replicas=cfg.model_replicas,
         # Room for several full batches in flight, so that batches can form at all.
@@ -368,7 +359,19 @@ def app_for(cfg: ServeConfig) -> serve.Application:
                 **worker_env(),
             }
         ).bind(cfg)
-    return Api.bind(preprocess, synthesizer, cfg, lipsyncer)
+    return Api.options(
+        autoscaling_config={
+            "min_replicas": cfg.min_preprocess_replicas,
+            "initial_replicas": cfg.min_preprocess_replicas,
+            "max_replicas": cfg.max_preprocess_replicas,
+            # One clip preprocessing per replica and one in its other phases (upload, model,
+            # response): more in work than that adds a replica.
+            "target_ongoing_requests": 2,
+            "upscale_delay_s": 2.0,
+            "downscale_delay_s": 120.0,
+        },
+        ray_actor_options={"num_cpus": cfg.preprocess_cpus, **worker_env()},
+    ).bind(synthesizer, cfg, lipsyncer)
 
 
 def build_app(args: dict[str, Any]) -> serve.Application:

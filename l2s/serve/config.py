@@ -39,14 +39,14 @@ class ServeConfig:
     # max_batch_size 1 turns batching off.
     max_batch_size: int = 8
     batch_wait_s: float = 0.02
-    # Preprocessing (decode + face tracking, CPU-bound, one clip at a time per replica)
-    # autoscales between these replica counts on the requests waiting for it.
+    # The ingress replicas, which preprocess (decode + face tracking, CPU-bound, one clip at a
+    # time per replica), autoscale between these replica counts on the requests in work.
     min_preprocess_replicas: int = 1
     max_preprocess_replicas: int = 2
     preprocess_cpus: float = 1.0
     model_replicas: int = 1
     # The model replica mostly waits for batches to fill; half a CPU leaves a 2-core machine
-    # room for one preprocessing replica and the ingress.
+    # room for one ingress replica.
     model_cpus: float = 0.5
     # GPUs per model replica; None: one when the Ray cluster (or this machine) has a GPU.
     model_gpus: float | None = None

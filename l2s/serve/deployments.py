@@ -1,11 +1,14 @@
-"""The working deployments behind the HTTP ingress: thin Ray Serve wrappers around the same
-per-clip functions `l2s speak` and `l2s lipsync` run (`l2s.infer`, `l2s.lipsync`), so the endpoint
-and the CLI speak alike.
+"""The stages of a request: mouth ROIs in the ingress, speech and lips in the deployments behind
+it. Thin wrappers around the same per-clip functions `l2s speak` and `l2s lipsync` run
+(`l2s.infer`, `l2s.lipsync`), so the endpoint and the CLI speak alike.
 
-    Preprocess   CPU. The uploaded file (its path on disk: l2s/serve/upload.py) → checked
-                 against the limits → 96×96 mouth ROIs (decode at 25 fps, dlib face tracking,
-                 mouth crop). One clip at a time per replica; replicas autoscale on the
-                 requests waiting.
+    Preprocessor CPU, in each ingress replica (l2s/serve/app.py), which has the upload on its
+                 own disk (l2s/serve/upload.py): the file → checked against the limits → 96×96
+                 mouth ROIs (decode at 25 fps, dlib face tracking, mouth crop). One clip at a
+                 time per replica, in a thread of its own; the ingress replicas autoscale on the
+                 requests in work. Not a deployment of its own: a separate hop cost each request
+                 a Ray call, the ROIs a trip through the object store, and the server a replica
+                 process that spends CPU while idle (benchmarks/serve.py measured it).
     Synthesizer  The model (on a GPU when one is given). Mouth ROIs → 10-s model windows
                  (`l2s.infer.windows`, as everywhere else), batched across requests with
                  `@serve.batch` (padded to the longest, one forward pass), cross-faded back
@@ -18,8 +21,8 @@ and the CLI speak alike.
                  tracking at the source's frame rate, re-drawing, pasting, h264 + AAC). One at a
                  time.
 
-Each replica counts the CPU seconds its stages spend (`stage_cpu`), so that what the server
-spends beyond them, Ray's and HTTP's share, can be measured (benchmarks/serve.py).
+Each stage counts the CPU seconds it spends (`stage_cpu`), so that what the server spends
+beyond them, Ray's and HTTP's share, can be measured (benchmarks/serve.py).
 
 Letters in shape names: T video frames, H×W pixels, M mel bands, F mel frames, S samples,
 D speaker-embedding size.
@@ -34,6 +37,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -82,8 +86,8 @@ class StageClock:
     @contextmanager
     def process(self, stage: str) -> Iterator[None]:
         """The whole process's CPU while the block runs, less what threads that were already
-        running (Ray's own) spent meanwhile: the block's thread and any threads it starts (FFmpeg's
-        decoding threads). For a replica that runs one request at a time. A thread of someone
+        running (Ray's own, the event loop's) spent meanwhile: the block's thread and any threads
+        it starts (FFmpeg's decoding threads). For one block at a time in a process. A thread of someone
         else's that starts or ends inside the block is counted too: only the process clock saw
         it."""
         # The process clock brackets the thread readings: what the other threads spend while
@@ -113,30 +117,32 @@ def stage_cpu(clock: StageClock) -> tuple[str, dict[str, float]]:
     return serve.get_replica_context().replica_id.unique_id, dict(clock.seconds)
 
 
-@serve.deployment(max_ongoing_requests=1)
-class Preprocess:
-    """An uploaded video → (mouth ROIs roi_THW, fraction of frames with a face)."""
+class Preprocessor:
+    """An uploaded video → (mouth ROIs roi_THW, fraction of frames with a face), one clip at a
+    time in a thread of its own, so that the replica's event loop goes on serving HTTP."""
 
     def __init__(self, cfg: ServeConfig) -> None:
         self.cfg = cfg
         self.features = FeatureConfig()
         load_detector(self.features.face)  # once per replica, not on the first request
         self.clock = StageClock()
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="l2s-preprocess")
 
-    def stage_cpu(self) -> tuple[str, dict[str, float]]:
-        return stage_cpu(self.clock)
-
-    def rois(self, upload: Upload) -> tuple[np.ndarray, float]:
-        with local_copy(upload) as local, self.clock.process("preprocess"):
-            return self._rois(local)
+    async def rois(self, upload: Upload) -> tuple[np.ndarray, float]:
+        """Waits for the clips before it; a bad video raises `Rejected`."""
+        return await asyncio.get_running_loop().run_in_executor(self._thread, self._rois, upload)
 
     def _rois(self, upload: Upload) -> tuple[np.ndarray, float]:
-        check_video(upload, self.cfg)
-        try:
-            with upload.open() as f:
-                return mouth_rois(f, self.features, self.cfg.max_seconds)
-        except (SpeakError, VideoError) as e:
-            raise Rejected(422, str(e)) from e
+        # One block at a time in this process: what the stage clock needs to tell its threads
+        # (this one and FFmpeg's) from the event loop's and Ray's. The upload is on this node:
+        # this replica wrote it.
+        with self.clock.process("preprocess"):
+            check_video(upload, self.cfg)
+            try:
+                with upload.open() as f:
+                    return mouth_rois(f, self.features, self.cfg.max_seconds)
+            except (SpeakError, VideoError) as e:
+                raise Rejected(422, str(e)) from e
 
 
 def check_video(upload: Upload, cfg: ServeConfig) -> None:
@@ -187,12 +193,9 @@ class Synthesizer:
         return {stage: dict(counts) for stage, counts in self.batches.items()}
 
     async def speak(
-        self, rois: tuple[np.ndarray, float], speaker: str | None = None
-    ) -> tuple[np.ndarray, str, float]:
-        """What `Preprocess.rois` returned (the ROIs and the fraction of frames with a face) →
-        the speech wav_S, what the lips were read to say, and that fraction, passed through for
-        the ingress."""
-        roi_THW, face_ratio = rois
+        self, roi_THW: np.ndarray, speaker: str | None = None
+    ) -> tuple[np.ndarray, str]:
+        """Mouth ROIs → the speech wav_S and what the lips were read to say."""
         try:
             speaker_D, _ = voice(self.model, None, speaker)
         except SpeakError as e:
@@ -201,8 +204,9 @@ class Synthesizer:
         outputs = await asyncio.gather(
             *(self.windows(roi_THW[start : start + WINDOW], speaker_D) for start in starts)
         )
-        said = self.model.blend(list(outputs), starts, len(roi_THW))
-        return await self.vocode(said.mel_MF), said.text, face_ratio
+        # The cross-fade and the reading of the lips' text (CTC decoding, ~5 ms) are the model's.
+        said = self.clock.thread("model", self.model.blend, list(outputs), starts, len(roi_THW))
+        return await self.vocode(said.mel_MF), said.text
 
     # The batched calls run in a thread: torch and Griffin-Lim release the GIL, and the
     # replica's event loop stays free to gather the next batch while this one computes.

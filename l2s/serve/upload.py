@@ -1,13 +1,13 @@
-"""Uploads on disk: the ingress streams a request's video to a temporary file as it arrives, and
-the deployments behind it pass that file's path, never its bytes.
+"""Uploads on disk: the ingress streams a request's video to a temporary file as it arrives,
+tracks the face in it there, and passes the file's path, never its bytes, to a deployment that
+needs the file itself (the lip generator's).
 
 Held in memory, one 100 MiB upload cost the ingress its bytes, a pickled copy and an object-store
-copy, and the Preprocess replica two more, for each of the 64 requests in flight. On disk it
+copy, and the replica it went to two more, for each of the 64 requests in flight. On disk it
 costs the ingress one network chunk while it arrives and nothing after.
 
-A Preprocess replica on the ingress's node opens the file where it lies; one on another node
-copies it over first (`local_copy`), a chunk at a time, each read by a task pinned to the node
-that holds it.
+A replica on the ingress's node opens the file where it lies; one on another node copies it over
+first (`local_copy`), a chunk at a time, each read by a task pinned to the node that holds it.
 """
 
 from __future__ import annotations
