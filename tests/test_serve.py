@@ -213,6 +213,27 @@ def test_the_model_batches_clips_that_arrive_together(server: str, synth_corpus:
         assert max(size for size, n in new.items() if n) > 1, f"{stage}: no shared batch {new}"
 
 
+def test_the_ingress_and_the_model_count_their_stages_cpu(server: str, synth_corpus: Path) -> None:
+    """What benchmarks/serve.py subtracts from the server's CPU: every ingress replica answers
+    with its preprocessing's CPU seconds, the model's replica with its model's and vocoder's."""
+    from ray import serve
+
+    clip = sorted(synth_corpus.glob("test/*/*.mp4"))[0]
+    assert post(server, clip).status_code == 200
+    api = serve.get_deployment_handle("Api", app_name="l2s")
+    seen: dict[str, dict[str, float]] = {}
+    for _ in range(100):
+        replica, seconds = api.stage_cpu.remote().result()
+        seen[replica] = seconds
+        if len(seen) == CFG["min_preprocess_replicas"]:
+            break
+    assert len(seen) == CFG["min_preprocess_replicas"], seen
+    assert sum(s.get("preprocess", 0.0) for s in seen.values()) > 0.05, seen
+    synthesizer = serve.get_deployment_handle("Synthesizer", app_name="l2s")
+    _, seconds = synthesizer.stage_cpu.remote().result()
+    assert seconds["model"] > 0 and seconds["vocoder"] > 0, seconds
+
+
 STAGE_CLOCK_CASE = """
 import threading, time
 from l2s.serve.deployments import StageClock
