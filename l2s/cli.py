@@ -601,7 +601,11 @@ def serve(
         vocoder=vocoder,
         lipsync=lipsync,
     )
-    url = start(cfg, host, port)
+    try:
+        url = start(cfg, host, port)
+    except ValueError as e:
+        console.print(f"[red]error:[/] {e}")
+        raise typer.Exit(1) from e
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):  # Ctrl-C, or a process manager stopping us
         signal.signal(sig, lambda *_: stop.set())

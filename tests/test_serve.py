@@ -695,6 +695,21 @@ def test_serve_build_writes_a_config_of_the_app(checkpoint: str, tmp_path: Path)
     assert deployments["Api"]["autoscaling_config"]["max_replicas"] == 2
 
 
+def test_an_app_too_large_for_the_machine_is_refused_with_its_sums() -> None:
+    """On a 1-CPU machine the default app (one 1-CPU ingress replica, a 0.5-CPU model) would wait
+    for CPUs forever; `l2s serve` says why instead."""
+    from l2s.serve.app import check_fits
+
+    cfg = ServeConfig(checkpoint="run", lipsync="lips", lipsync_cpus=0.3)
+    check_fits(cfg, 2.0)
+    with pytest.raises(
+        ValueError,
+        match=r"reserves 1.8 CPUs to start \(1 ingress × 1 \+ 1 model "
+        r"× 0.5 \+ the lip generator 0.3\) and this machine's Ray has 1:",
+    ):
+        check_fits(cfg, 1.0)
+
+
 def test_serve_run_arguments_reach_the_builder(checkpoint: str) -> None:
     """`serve run l2s.serve.app:build_app key=value ...` hands the builder strings; Ray's own
     builder call converts nothing, so `ServeConfig.from_args` must, and must name bad keys."""
