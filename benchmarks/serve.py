@@ -337,7 +337,8 @@ def run_variant(name: str, cfg, clips: list[Path], args: argparse.Namespace) -> 
 def report(results: list[Result], args: argparse.Namespace) -> None:
     print(
         f"\n{args.clients} concurrent clients, {args.requests} requests of {args.seconds:g}-s "
-        f"clips, {args.preprocess_replicas} ingress replicas (each preprocesses), {os.cpu_count()} CPUs; "
+        f"clips, {args.preprocess_replicas} ingress replicas (each preprocesses), "
+        f"{os.cpu_count()} CPUs; "
         f"load average now {os.getloadavg()[0]:.1f}"
     )
     header = (

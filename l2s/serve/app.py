@@ -392,27 +392,23 @@ def __getattr__(name: str) -> serve.Application:
     return build_app({"checkpoint": checkpoint})
 
 
-def min_cpus(cfg: ServeConfig) -> float:
-    """The Ray CPUs the app's replicas reserve before it can answer: its least ingress replicas,
-    its model replicas and the lip generator's (Serve's proxy and controller reserve none)."""
+def check_fits(cfg: ServeConfig, cpus: float) -> None:
+    """Refuse an app that a Ray of `cpus` CPUs can never start: Serve would wait for the CPUs
+    forever, saying so only in its controller's log. What the app reserves before it can answer:
+    its least ingress replicas, its model replicas and the lip generator's (Serve's proxy and
+    controller reserve none)."""
     lipsync = cfg.lipsync_cpus if cfg.lipsync else 0.0
-    return (
+    need = (
         cfg.min_preprocess_replicas * cfg.preprocess_cpus
         + cfg.model_replicas * cfg.model_cpus
         + lipsync
     )
-
-
-def check_fits(cfg: ServeConfig, cpus: float) -> None:
-    """Refuse an app that a Ray of `cpus` CPUs can never start: Serve would wait for the CPUs
-    forever, saying so only in its controller's log."""
-    need = min_cpus(cfg)
     if need > cpus + 1e-9:
-        lipsync = f" + the lip generator {cfg.lipsync_cpus:g}" if cfg.lipsync else ""
+        lipsync_part = f" + the lip generator {lipsync:g}" if cfg.lipsync else ""
         raise ValueError(
             f"the app reserves {need:g} CPUs to start ({cfg.min_preprocess_replicas} ingress "
             f"× {cfg.preprocess_cpus:g} + {cfg.model_replicas} model × {cfg.model_cpus:g}"
-            f"{lipsync}) and this machine's Ray has {cpus:g}: lower preprocess_cpus or "
+            f"{lipsync_part}) and this machine's Ray has {cpus:g}: lower preprocess_cpus or "
             "model_cpus, or serve on a larger machine or cluster"
         )
 
@@ -421,13 +417,12 @@ def start(cfg: ServeConfig, host: str = "127.0.0.1", port: int = 8000) -> str:
     """Run the app on the connected Ray (a local one is started if none is) and return its URL.
     On a local Ray, an app too large for this machine is refused (`check_fits`); a cluster may
     grow to fit it (an autoscaler), so there Serve waits."""
-    import ray
-
+    from l2s.pipeline.adapter import Cluster
     from l2s.pipeline.runtime import connect
 
     connect()
     if not os.environ.get("RAY_ADDRESS"):
-        check_fits(cfg, ray.cluster_resources().get("CPU", 0.0))
+        check_fits(cfg, Cluster.current().cpus)
     serve.start(http_options={"host": host, "port": port})
     serve.run(app_for(cfg), name="l2s", route_prefix="/")
     return f"http://{host}:{port}"

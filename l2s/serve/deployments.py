@@ -87,9 +87,9 @@ class StageClock:
     def process(self, stage: str) -> Iterator[None]:
         """The whole process's CPU while the block runs, less what threads that were already
         running (Ray's own, the event loop's) spent meanwhile: the block's thread and any threads
-        it starts (FFmpeg's decoding threads). For one block at a time in a process. A thread of someone
-        else's that starts or ends inside the block is counted too: only the process clock saw
-        it."""
+        it starts (FFmpeg's decoding threads). For one block at a time in a process. A thread of
+        someone else's that starts or ends inside the block is counted too: only the process
+        clock saw it."""
         # The process clock brackets the thread readings: what the other threads spend while
         # they are read (reading gives up the GIL, file by file) is on both sides of the sum.
         start = time.process_time()
