@@ -36,6 +36,11 @@ GRID_S1 = SHARED / "data" / "grid_s1"
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Files with a `slow` test first: the suite runs in two processes, each taking whole files
+    (`-n 2 --dist loadfile`), and the two finish together when the longest files start first.
+    On a machine without a GPU, `gpu` tests are skipped."""
+    slow_files = {item.path for item in items if "slow" in item.keywords}
+    items.sort(key=lambda item: item.path not in slow_files)  # stable: file order otherwise kept
     import torch
 
     if torch.cuda.is_available():

@@ -36,6 +36,7 @@ def grid_subset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_a_short_training_on_real_grid_faces_beats_the_mean_mel(
     grid_subset: Path, ray_local, tmp_path: Path
 ) -> None:

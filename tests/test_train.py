@@ -170,6 +170,7 @@ def _train_command(dataset: Path, out: Path, *extra: str) -> list[str]:
     ]  # fmt: skip
 
 
+@pytest.mark.slow
 def test_a_killed_deepspeed_run_resumes_learns_and_its_checkpoint_loads_without_ray(
     toy: Path, tmp_path: Path
 ) -> None:

@@ -120,6 +120,7 @@ def test_learning_rate_decays_exponentially_over_the_budget() -> None:
     assert learning_rate(10, cfg, time_fraction=1.0) == pytest.approx(1e-4)
 
 
+@pytest.mark.slow
 def test_train_vocoder_learns_checkpoints_resumes_and_vocodes(
     synth_features: str, ray_local, tmp_path, monkeypatch
 ) -> None:
