@@ -476,12 +476,28 @@ def speak(
     text: Annotated[
         Path | None, typer.Option(help="Also write the lip-read transcript to this file.")
     ] = None,
+    asr: Annotated[
+        str | None,
+        typer.Option(
+            help="Also print the words a recognizer hears in the speech: grid, open "
+            "(pocketsphinx with GRID's grammar or the open LM) or an l2s train-asr run."
+        ),
+    ] = None,
 ) -> None:
     """Speak for one video: mouth ROIs → mel → waveform (Griffin-Lim or HiFi-GAN), any frame rate
-    or length; print what the lips were read to say."""
+    or length; print what the lips were read to say (and, with --asr, what is heard)."""
     from l2s.infer import SpeakError
     from l2s.infer.speak import speak as run_speak
 
+    recognizer = None
+    if asr is not None:  # a bad --asr is refused before the video is read
+        from l2s.evaluate.asr import ASRError, load_recognizer
+
+        try:
+            recognizer = load_recognizer(asr)
+        except ASRError as e:
+            console.print(f"[red]error:[/] --asr {e}")
+            raise typer.Exit(2) from e
     try:
         spoken = run_speak(video, checkpoint, out, reference_audio, speaker, vocoder=vocoder)
     except SpeakError as e:
@@ -494,6 +510,11 @@ def speak(
         f"frames; voice: {spoken.voice}; real-time factor {spoken.real_time_factor:.2f}\n"
         f"lips read: {spoken.text!r}{f' (→ {text})' if text else ''}"
     )
+    if recognizer is not None:
+        from l2s.audio import load_audio
+
+        heard = recognizer.transcribe(load_audio(spoken.wav))
+        console.print(f"heard ({recognizer.name}): {heard!r}")
 
 
 @app.command()

@@ -19,8 +19,10 @@ import soundfile as sf
 import torch
 from typer.testing import CliRunner
 
+from l2s.audio import load_audio
 from l2s.cli import app
 from l2s.config import AUDIO, VIDEO
+from l2s.evaluate.asr import PocketSphinxASR
 from l2s.evaluate.report import write_report
 from l2s.evaluate.split import SCORES_FILE, score_results, summarize
 from l2s.features import FeatureConfig
@@ -214,13 +216,20 @@ def test_speak_writes_what_the_lips_say(
 ) -> None:
     out, text = tmp_path / "speech.wav", tmp_path / "said.txt"
     command = ["speak", str(real_clips[0]), "--checkpoint", checkpoint, "--out", str(out)]
-    result = CliRunner().invoke(app, [*command, "--text", str(text)])
+    result = CliRunner().invoke(app, [*command, "--text", str(text), "--asr", "grid"])
     assert result.exit_code == 0, result.output
     model = SpeechModel.load(checkpoint)
     roi_THW, _ = mouth_rois(str(real_clips[0]), FeatureConfig())
     (said,) = model.speech([roi_THW], [None])
     assert text.read_text() == said.text + "\n"
     assert f"lips read: {said.text!r}" in result.output
+    # --asr: what the recognizer hears in the wav that was written, under its own name.
+    recognizer = PocketSphinxASR("grid")
+    heard = recognizer.transcribe(load_audio(out))
+    assert f"heard ({recognizer.name}): {heard!r}" in " ".join(result.output.split())
+    refused = CliRunner().invoke(app, [*command, "--asr", "nonsense"])
+    assert refused.exit_code == 2, refused.output
+    assert "--asr nonsense: neither grid, open" in " ".join(refused.output.split())
 
 
 def test_the_oracle_hears_the_transcript_and_the_user_never_does(
