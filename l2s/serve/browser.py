@@ -24,7 +24,7 @@ CHROMIUM_ARGS = (
     "--autoplay-policy=no-user-gesture-required",
 )
 # Waits for the result element's metadata, reads the first bytes of the blob it plays, plays it
-# (muted) for a moment and reports whether playback advanced.
+# (muted) and reports whether playback advanced.
 PLAY_RESULT = """async (selector) => {
   const el = document.querySelector(selector);
   if (el.readyState < 1 && !el.error) {
@@ -41,8 +41,19 @@ PLAY_RESULT = """async (selector) => {
   } catch (error) {
     return { error: `play() failed: ${error}` };
   }
-  await new Promise((resolve) => setTimeout(resolve, 500));
-  return { error: null, duration: el.duration, played: el.currentTime > 0, head: Array.from(head) };
+  // Until playback advances, or 10 s: on a busy host the media pipeline may take longer than a
+  // fixed moment to start (a 0.5-s wait failed a CI run on a loaded 2-core machine).
+  const played = await new Promise((resolve) => {
+    if (el.currentTime > 0) return resolve(true);
+    const timer = setTimeout(() => resolve(el.currentTime > 0), 10000);
+    el.addEventListener("timeupdate", () => {
+      if (el.currentTime > 0) {
+        clearTimeout(timer);
+        resolve(true);
+      }
+    });
+  });
+  return { error: null, duration: el.duration, played, head: Array.from(head) };
 }"""
 
 
