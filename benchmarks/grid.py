@@ -6,6 +6,7 @@ GRID rows beside l2s's, and the learning curve (val STOI by training minute).
     python benchmarks/grid.py --budget-minutes 60                    # CPU, the tiny preset
     python benchmarks/grid.py --budget-minutes 30 --gpus-per-node 1 --preset base
     python benchmarks/grid.py --name ft --init out/runs/synth --budget-minutes 20   # fine-tune
+    python benchmarks/grid.py --name text --text-conditioning      # + the lip-read text, and oracle
 
 Every stage resumes (features are made once and shared by every run under --out; a run with the
 same --name continues). The split is `l2s manifest grid`'s: 90/5/5 by a hash of the clip name
@@ -91,6 +92,15 @@ def main() -> None:
     parser.add_argument(
         "--frontend-width", type=int, default=None, help="ResNet trunk width (tiny: 8)"
     )
+    parser.add_argument(
+        "--text-conditioning",
+        action="store_true",
+        help="the decoder attends to the lip-read text (trained on noisy transcripts); the table "
+        "adds the same model hearing the true transcript (the oracle)",
+    )
+    parser.add_argument(
+        "--text-noise", type=float, default=0.2, help="fraction of transcript words misread"
+    )
     parser.add_argument("--vocoder", default=None, help="griffin-lim (default) or a HiFi-GAN run")
     parser.add_argument("--train-only", action="store_true", help="stop after training")
     args = parser.parse_args()
@@ -111,6 +121,8 @@ def main() -> None:
     model = PRESETS[args.preset]()
     if args.frontend_width is not None:
         model = dataclasses.replace(model, frontend_width=args.frontend_width)
+    if args.text_conditioning:
+        model = dataclasses.replace(model, text_conditioning=True)
     cfg = TrainConfig(
         dataset=dataset,
         out=run,
@@ -122,6 +134,7 @@ def main() -> None:
         lr=args.lr,
         warmup_steps=100,
         time_mask=args.time_mask,
+        text_noise=args.text_noise,
         workers=args.workers,
         gpus_per_node=args.gpus_per_node,
         val_every=500,
@@ -144,14 +157,23 @@ def main() -> None:
     print_summary(rows, console)
 
     means = summarize(rows).means
+    systems = ["recording", "gt_mel", "l2s", "mean_mel"]
+    if args.text_conditioning:  # the same model told the true transcript: the ceiling of text
+        oracle = str(out / "results" / args.name / "oracle")
+        generate_split(dataset, "test", run, oracle, vocoder=args.vocoder, oracle_text=True)
+        means[("test", "oracle")] = summarize(score_results(oracle, asr="grid")).means[
+            ("test", "l2s")
+        ]
+        systems.insert(3, "oracle")
     table = Table(title=f"GRID, unseen sentences: l2s on s1 ({summary.step} steps, "
                   f"{summary.train_seconds / 60:.0f} min on {describe(cfg)}) beside the published rows")  # fmt: skip
     for column in ("system", *COLUMNS):
         table.add_column(column, justify="left" if column == "system" else "right")
-    for system in ("recording", "gt_mel", "l2s", "mean_mel"):
+    names = {"l2s": f"[bold]l2s {args.preset}[/]", "oracle": "l2s hearing the true transcript"}
+    for system in systems:
         cells = means.get(("test", system), {})
         table.add_row(
-            system if system != "l2s" else f"[bold]l2s {args.preset}[/]",
+            names.get(system, system),
             *(f"{cells[c].value:.3f}" if c in cells else "–" for c in COLUMNS),
         )
     for name, stoi, estoi, pesq in PUBLISHED:
@@ -175,7 +197,7 @@ def main() -> None:
             system: {
                 c: means[("test", system)][c].value for c in COLUMNS if c in means[("test", system)]
             }
-            for system in ("recording", "gt_mel", "l2s", "mean_mel")
+            for system in systems
             if ("test", system) in means
         },
         "curve": points,
