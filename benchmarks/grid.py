@@ -7,6 +7,7 @@ GRID rows beside l2s's, and the learning curve (val STOI by training minute).
     python benchmarks/grid.py --budget-minutes 30 --gpus-per-node 1 --preset base
     python benchmarks/grid.py --name ft --init out/runs/synth --budget-minutes 20   # fine-tune
     python benchmarks/grid.py --name text --text-conditioning      # + the lip-read text, and oracle
+    python benchmarks/grid.py --name asr --text-conditioning --asr-loss 10   # + a recognizer's loss
 
 Every stage resumes (features are made once and shared by every run under --out; a run with the
 same --name continues). The split is `l2s manifest grid`'s: 90/5/5 by a hash of the clip name
@@ -62,6 +63,21 @@ def features(grid: str, out: Path, console: Console) -> str:
     return str(dataset)
 
 
+def recognizer_run(dataset: str, out: Path, minutes: float, workers: int, console: Console) -> str:
+    """A speech recognizer trained for `minutes` on the recordings (resumed if it has less)."""
+    from l2s.train.asr import AsrTrainConfig, train_asr
+
+    run = out / "runs" / "asr"
+    cfg = AsrTrainConfig(
+        dataset=dataset, out=str(run), steps=1_000_000, time_budget_min=minutes, workers=workers
+    )
+    summary = train_asr(cfg)
+    console.print(
+        f"recognizer: {summary.step} steps in {summary.train_seconds / 60:.1f} min → {run}"
+    )
+    return str(run)
+
+
 def curve(run: str) -> list[tuple[float, int, float, float]]:
     """(minute, step, val STOI, val ESTOI) of every validation of a run."""
     from l2s.train.logs import read_metrics
@@ -101,12 +117,22 @@ def main() -> None:
     parser.add_argument(
         "--text-noise", type=float, default=0.2, help="fraction of transcript words misread"
     )
+    parser.add_argument(
+        "--asr-loss",
+        type=float,
+        default=None,
+        metavar="MINUTES",
+        help="first train a speech recognizer on the recordings for this long (runs/asr, shared "
+        "by every run under --out); its CTC loss on the generated mel joins the training loss",
+    )
+    parser.add_argument("--asr-weight", type=float, default=0.3, help="that loss's weight")
     parser.add_argument("--vocoder", default=None, help="griffin-lim (default) or a HiFi-GAN run")
     parser.add_argument("--train-only", action="store_true", help="stop after training")
     args = parser.parse_args()
 
     from l2s.evaluate.split import print_summary, score_results, summarize
     from l2s.models.lip2speech import PRESETS
+    from l2s.models.losses import LossConfig
     from l2s.pipeline.generate import generate_split
     from l2s.pipeline.runtime import connect
     from l2s.train import TrainConfig, train
@@ -117,6 +143,9 @@ def main() -> None:
     connect()
     dataset = features(args.grid, out, console)
 
+    recognizer = None
+    if args.asr_loss is not None:
+        recognizer = recognizer_run(dataset, out, args.asr_loss, args.workers, console)
     run = str(out / "runs" / args.name)
     model = PRESETS[args.preset]()
     if args.frontend_width is not None:
@@ -135,6 +164,8 @@ def main() -> None:
         warmup_steps=100,
         time_mask=args.time_mask,
         text_noise=args.text_noise,
+        recognizer=recognizer,
+        loss=LossConfig(asr_weight=args.asr_weight),
         workers=args.workers,
         gpus_per_node=args.gpus_per_node,
         val_every=500,

@@ -219,6 +219,14 @@ def train(
         str | None,
         typer.Option(help="Start from this checkpoint's (or run's) weights: fine-tuning."),
     ] = None,
+    recognizer: Annotated[
+        str | None,
+        typer.Option(
+            help="A train-asr run: its frozen recognizer reads the generated mel, and its CTC "
+            "loss against the transcript joins the training loss."
+        ),
+    ] = None,
+    asr_weight: Annotated[float, typer.Option(help="Weight of that recognizer's loss.")] = 0.3,
     seed: Seed = 0,
 ) -> None:
     """Train the lip-to-speech model on Ray Train (DDP or DeepSpeed); rerun to resume."""
@@ -243,7 +251,8 @@ def train(
         out=out,
         preset=preset,
         model=model,
-        loss=LossConfig(ctc_weight=ctc_weight),
+        loss=LossConfig(ctc_weight=ctc_weight, asr_weight=asr_weight),
+        recognizer=recognizer,
         steps=steps,
         batch_size=batch_size,
         lr=lr,

@@ -342,6 +342,37 @@ def test_recognizer_learns_to_spell_two_clips() -> None:
         assert decode_ctc(*model(mel_BMF)) == ["BIN BLUE", "SET RED"]
 
 
+def test_a_recognizer_loss_teaches_the_generated_mel_to_be_heard() -> None:
+    """Only the frozen recognizer's CTC term (every mel weight 0): the generated mel comes to be
+    read as the transcript, and the recognizer itself is not changed."""
+    torch.manual_seed(0)
+    recognizer = SpeechRecognizer(asr_tiny()).eval().requires_grad_(False)
+    frozen = {k: v.clone() for k, v in recognizer.state_dict().items()}
+    model = _tiny_model(dropout=0.0, speaker_dropout=0.0).train()
+    T = 20
+    video_BTHW, speaker_BD = _inputs(2, T, seed=3)
+    lengths_B = torch.tensor([T, T])
+    texts = ["BIN BLUE", "SET RED"]
+    targets_BL, target_lengths_B = encode_batch(texts)
+    only_asr = LossConfig(l1_weight=0.0, l2_weight=0.0, ctc_weight=0.0, asr_weight=1.0)
+    mel_BMF = torch.zeros(2, 80, T * MELS_PER_FRAME)
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(150):
+        out = model(video_BTHW, lengths_B, speaker_BD)
+        loss, parts = lip2speech_loss(
+            out, mel_BMF, targets_BL, target_lengths_B, only_asr, recognizer
+        )
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert "asr" in parts and torch.isclose(loss, parts["asr"])
+    model.eval()
+    with torch.no_grad():
+        out = model(video_BTHW, lengths_B, speaker_BD)
+        assert decode_ctc(*recognizer(out.mel_post_BMF, out.mel_lengths_B)) == texts
+    assert all(torch.equal(v, frozen[k]) for k, v in recognizer.state_dict().items())
+
+
 # ---- flow-matching head -----------------------------------------------------------------------
 
 

@@ -7,6 +7,7 @@ that learns lowers the validation mel error well below the mean-mel level it sta
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -300,5 +301,18 @@ def test_train_asr_resumes_and_its_recognizer_scores_speech(toy: Path, tmp_path:
     assert recognizer.name == "l2s-asr/asr@10/greedy"  # toy transcripts are no GRID sentences
     heard = recognizer.transcribe(np.random.default_rng(0).normal(0, 0.1, 16000))
     assert set(heard) <= set(" 'ABCDEFGHIJKLMNOPQRSTUVWXYZ")
+
+    # The recognizer, frozen, reads the lip-to-speech model's generated mel in its training: the
+    # run names the exact checkpoint, and its loss is logged beside the others.
+    cfg = TrainConfig(
+        dataset=str(toy), out=str(tmp_path / "heard"), recognizer=base["out"], steps=4,
+        batch_size=6, warmup_steps=1, val_every=4, ckpt_every=4,
+    )  # fmt: skip
+    summary = train(cfg, local=True)
+    assert summary.metrics["train/asr"] > 0
+    _, saved_cfg, _ = load_checkpoint(summary.checkpoint)
+    assert saved_cfg.recognizer.endswith("asr/checkpoint_00000010")
+    with pytest.raises(FileNotFoundError, match="nothing"):
+        train(dataclasses.replace(cfg, recognizer=str(tmp_path / "nothing")), local=True)
     with pytest.raises(ASRError, match="neither grid, open nor a recognizer"):
         load_recognizer(str(tmp_path / "nothing"))

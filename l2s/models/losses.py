@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
+from l2s.models.asr import SpeechRecognizer
 from l2s.models.lip2speech import Lip2SpeechOutput
 from l2s.models.masking import lengths_to_mask
 from l2s.models.text import BLANK_ID
@@ -25,6 +26,8 @@ class LossConfig:
     # An auxiliary task, kept well below the reconstruction terms.
     ctc_weight: float = 0.1
     flow_weight: float = 1.0  # the flow head's velocity error, when the model has one
+    # The frozen speech recognizer's CTC loss on the generated mel (`TrainConfig.recognizer`).
+    asr_weight: float = 0.3
 
     def __post_init__(self) -> None:
         negative = {k: v for k, v in asdict(self).items() if v < 0}
@@ -80,11 +83,16 @@ def lip2speech_loss(
     targets_BL: torch.Tensor | None = None,
     target_lengths_B: torch.Tensor | None = None,
     cfg: LossConfig | None = None,
+    recognizer: SpeechRecognizer | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Weighted sum of L1 + L2 on the mel before and after the postnet, plus CTC when transcripts exist.
 
+    `recognizer` (frozen; Kim et al. '23's multi-task ASR loss): it reads the generated mel (after
+    the postnet) and its CTC loss against the transcript joins the sum, so the mel is pushed toward
+    speech whose words can be heard, not only toward the target's average spectrum.
+
     `parts` holds each unweighted term, detached, under mel_l1, mel_l2, post_l1, post_l2 and, when
-    they were computed, ctc and flow.
+    they were computed, ctc, asr and flow.
     """
     cfg = cfg or LossConfig()
     mask_BF = lengths_to_mask(output.mel_lengths_B, output.mel_BMF.shape[-1])
@@ -97,6 +105,12 @@ def lip2speech_loss(
         if ctc is not None:
             parts["ctc"] = ctc
             total = total + cfg.ctc_weight * ctc
+        if recognizer is not None:
+            logits_BTV, lengths_B = recognizer(output.mel_post_BMF, output.mel_lengths_B)
+            asr = ctc_loss(logits_BTV, lengths_B, targets_BL, target_lengths_B)
+            if asr is not None:
+                parts["asr"] = asr
+                total = total + cfg.asr_weight * asr
     if output.flow_loss is not None:
         parts["flow"] = output.flow_loss
         total = total + cfg.flow_weight * output.flow_loss

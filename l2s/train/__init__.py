@@ -203,6 +203,10 @@ def train(cfg: TrainConfig, *, callbacks: Sequence = (), local: bool = False) ->
     cfg = dataclasses.replace(
         cfg, dataset=storage.normalize(cfg.dataset), out=storage.normalize(cfg.out)
     )
+    if cfg.recognizer is not None:  # one checkpoint for every worker, named before they start
+        from l2s.infer.checkpoint import ASR_FILE, resolve
+
+        cfg = dataclasses.replace(cfg, recognizer=resolve(cfg.recognizer, ASR_FILE))
     index = index_dataset(cfg.dataset, cfg.val_utterances, cfg.n_val_audio, cfg.seed)
     if index.speakers.dim != cfg.model_config.speaker_dim:
         raise DatasetError(

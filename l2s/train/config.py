@@ -123,6 +123,10 @@ class TrainConfig(RunBase):
     # fraction of words misread, and on no text for this fraction of clips (`text_noise`).
     text_noise: float = 0.2
     text_dropout: float = 0.1
+    # A `l2s train-asr` run (or checkpoint) on this corpus's recordings: its recognizer, frozen,
+    # reads every generated mel, and its CTC loss against the transcript (`loss.asr_weight`)
+    # joins the training loss (`l2s.models.losses.lip2speech_loss`). None: no such term.
+    recognizer: str | None = None
 
     # Validation, checkpoints, logs.
     val_every: int = 200

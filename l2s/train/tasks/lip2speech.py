@@ -1,7 +1,8 @@
 """The lip-to-speech model's part of training: build (resume weights before wrapping, optimizer
 state after), batches, one step (mel L1 + L2 before and after the postnet, + CTC), validation and
 checkpoints. DDP (gloo on CPU, NCCL on GPU) or DeepSpeed ZeRO. A text-conditioned model steps on
-its transcripts with lip-reader-like errors injected (`l2s.train.text_noise`).
+its transcripts with lip-reader-like errors injected (`l2s.train.text_noise`); with a recognizer
+(`TrainConfig.recognizer`), what it hears in the generated mel is scored against the transcript.
 
 A worker keeps its shard of the train split in memory after the first epoch when the driver says
 it fits (`config["cache"]`): every later epoch is then a reshuffle of what it holds, with no read.
@@ -18,6 +19,7 @@ import numpy as np
 import torch
 
 from l2s.infer.checkpoint import MODEL_FILE, read_model, resolve
+from l2s.infer.recognizer import Recognizer
 from l2s.infer.speakers import SpeakerTable
 from l2s.models.grammar import Grammar
 from l2s.models.lip2speech import Lip2Speech, count_parameters
@@ -142,6 +144,13 @@ class Lip2SpeechTask(Task):
         self.val_set: list[Batch] | None = None  # read at the first validation, then kept
         self.grammar = Grammar.from_dict(config["grammar"]) if config.get("grammar") else None
         self.noise_rng = np.random.default_rng([cfg.seed, rank, progress.step, 1])
+        # Frozen and in eval mode: the generated speech learns to be heard, not the reverse.
+        self.recognizer = None
+        if cfg.recognizer is not None:
+            self.recognizer = Recognizer.load(cfg.recognizer, str(device)).network
+            self.recognizer.requires_grad_(False)
+            if rank == 0:
+                print(f"[l2s.train] the generated mel is read by the recognizer {cfg.recognizer}")
 
     def _start_from(self, model: Lip2Speech, init: str, rank: int) -> None:
         uri = resolve(init)
@@ -214,7 +223,12 @@ class Lip2SpeechTask(Task):
         with self.autocast:
             output = self.net(batch.video_BTHW, batch.lengths_B, batch.speaker_BD, *text, **target)
         loss, parts = lip2speech_loss(
-            output, batch.mel_BMF, batch.targets_BL, batch.target_lengths_B, cfg.loss
+            output,
+            batch.mel_BMF,
+            batch.targets_BL,
+            batch.target_lengths_B,
+            cfg.loss,
+            self.recognizer,
         )
         if "ctc" not in parts:
             # No transcript in this batch: the CTC head still joins the graph (zero gradient),
