@@ -118,6 +118,12 @@ def main() -> None:
         "--text-noise", type=float, default=0.2, help="fraction of transcript words misread"
     )
     parser.add_argument(
+        "--video-dropout",
+        type=float,
+        default=0.0,
+        help="with --text-conditioning: fraction of clips whose decoder hears the text alone",
+    )
+    parser.add_argument(
         "--asr-loss",
         type=float,
         default=None,
@@ -164,6 +170,7 @@ def main() -> None:
         warmup_steps=100,
         time_mask=args.time_mask,
         text_noise=args.text_noise,
+        video_dropout=args.video_dropout,
         recognizer=recognizer,
         loss=LossConfig(asr_weight=args.asr_weight),
         workers=args.workers,

@@ -209,6 +209,13 @@ def train(
         float,
         typer.Option(help="Fraction of transcript words misread in text-conditioned training."),
     ] = 0.2,
+    video_dropout: Annotated[
+        float,
+        typer.Option(
+            help="Fraction of clips whose decoder hears the text without the video in "
+            "text-conditioned training (modality dropout)."
+        ),
+    ] = 0.0,
     grammar: Annotated[
         str,
         typer.Option(
@@ -260,6 +267,7 @@ def train(
         time_mask=time_mask,
         grammar=grammar,
         text_noise=text_noise,
+        video_dropout=video_dropout,
         val_every=val_every,
         ckpt_every=ckpt_every,
         strategy=strategy,

@@ -283,6 +283,26 @@ def test_the_text_changes_the_mel_and_its_padding_does_not() -> None:
         model.decode(encoded)
 
 
+def test_a_hidden_video_leaves_the_decoder_the_speaker_and_the_text() -> None:
+    """Modality dropout (`TrainConfig.video_dropout`): a hidden clip's mel does not depend on its
+    video, its CTC reading still does, and the other clips are untouched."""
+    model = _tiny_model(text_conditioning=True).eval()
+    T = 10
+    video_BTHW, speaker_BD = _inputs(2, T)
+    other_BTHW, _ = _inputs(2, T, seed=7)
+    text = encode_batch(["BIN BLUE", "SET RED"])
+    hide_B = torch.tensor([True, False])
+    with torch.no_grad():
+        plain = model(video_BTHW, None, speaker_BD, *text)
+        hidden = model(video_BTHW, None, speaker_BD, *text, hide_video_B=hide_B)
+        hidden_other = model(other_BTHW, None, speaker_BD, *text, hide_video_B=hide_B)
+    torch.testing.assert_close(hidden.mel_post_BMF[0], hidden_other.mel_post_BMF[0])
+    assert (hidden.mel_post_BMF[0] - plain.mel_post_BMF[0]).abs().max() > 1e-4
+    torch.testing.assert_close(hidden.mel_post_BMF[1], plain.mel_post_BMF[1])
+    torch.testing.assert_close(hidden.ctc_logits_BTV, plain.ctc_logits_BTV)
+    assert (hidden.ctc_logits_BTV[0] - hidden_other.ctc_logits_BTV[0]).abs().max() > 1e-4
+
+
 def test_a_text_conditioned_model_learns_from_its_text() -> None:
     """Two clips with the same video and different texts and targets: only the text can tell them
     apart, so fitting both needs the text path."""

@@ -274,12 +274,15 @@ def test_a_text_conditioned_flow_model_trains_on_noisy_text_and_loads_with_its_g
     sizes = dataclasses.replace(tiny(), text_conditioning=True, flow_head=True)
     cfg = TrainConfig(
         dataset=str(toy), out=str(tmp_path / "texted"), model=sizes, grammar="lexicon",
-        text_noise=0.3, steps=12, batch_size=6, warmup_steps=2, val_every=12, ckpt_every=12,
+        text_noise=0.3, video_dropout=0.5, steps=12, batch_size=6, warmup_steps=2, val_every=12,
+        ckpt_every=12,
     )  # fmt: skip
     summary = train(cfg, local=True)
     assert summary.step == 12 and summary.metrics["train/flow"] > 0
     model = SpeechModel.load(summary.run)
     assert model.network.text_attention is not None and model.network.flow is not None
+    with pytest.raises(ValueError, match=r"video_dropout .* text-conditioned"):
+        TrainConfig(dataset=str(toy), out=str(tmp_path / "plain"), video_dropout=0.5)
     assert model.grammar.repeat and set(model.grammar.slots[0]) <= set(WORDS)
 
 

@@ -296,6 +296,7 @@ class Lip2Speech(nn.Module):
         text_BL: torch.Tensor | None = None,
         text_lengths_B: torch.Tensor | None = None,
         mel_BMF: torch.Tensor | None = None,
+        hide_video_B: torch.Tensor | None = None,
     ) -> Lip2SpeechOutput:
         """Generate mels for a padded batch of clips.
 
@@ -304,9 +305,9 @@ class Lip2Speech(nn.Module):
         that do not come from the target audio (see the module docstring); None means no speaker.
         text_BL, text_lengths_B: character ids (blank-padded) and counts, for a text-conditioned
         model (a count of 0: no text); None: the clip's own greedy CTC reading. mel_BMF: the
-        target log-mel, for the flow head's training loss.
+        target log-mel, for the flow head's training loss. hide_video_B: see `encode`.
         """
-        encoded = self.encode(video_BTHW, lengths_B, speaker_BD)
+        encoded = self.encode(video_BTHW, lengths_B, speaker_BD, hide_video_B)
         if self.text_attention is not None and text_BL is None:
             text_BL, text_lengths_B = greedy_ids(encoded.ctc_logits_BTV, encoded.lengths_B)
         return self.decode(encoded, text_BL, text_lengths_B, mel_BMF)
@@ -316,8 +317,12 @@ class Lip2Speech(nn.Module):
         video_BTHW: torch.Tensor,
         lengths_B: torch.Tensor | None = None,
         speaker_BD: torch.Tensor | None = None,
+        hide_video_B: torch.Tensor | None = None,
     ) -> Encoded:
-        """The visual encoder, the CTC head and the speaker's FiLM (arguments as `forward`)."""
+        """The visual encoder, the CTC head and the speaker's FiLM (arguments as `forward`).
+        hide_video_B (bool, training only): these clips' features are zeroed after the CTC head
+        and before the speaker enters, so their decoder hears the speaker and the text alone
+        (modality dropout, `TrainConfig.video_dropout`)."""
         B, T = video_BTHW.shape[0], video_BTHW.shape[-3]
         if lengths_B is None:
             mask_BT = None
@@ -331,6 +336,8 @@ class Lip2Speech(nn.Module):
         ctc_logits_BTV = self.ctc_head(x_BTC)
         if mask_BT is not None:
             ctc_logits_BTV = ctc_logits_BTV.masked_fill(~mask_BT[..., None], 0.0)
+        if hide_video_B is not None:
+            x_BTC = x_BTC.masked_fill(hide_video_B[:, None, None], 0.0)
 
         scale_BC, shift_BC = self.speaker_film(self._speaker(speaker_BD, x_BTC)).chunk(2, dim=-1)
         x_BTC = x_BTC * (1.0 + scale_BC[:, None, :]) + shift_BC[:, None, :]

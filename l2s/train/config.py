@@ -123,6 +123,11 @@ class TrainConfig(RunBase):
     # fraction of words misread, and on no text for this fraction of clips (`text_noise`).
     text_noise: float = 0.2
     text_dropout: float = 0.1
+    # Modality dropout for a text-conditioned model: this fraction of the clips that have a text
+    # hide their video features from the decoder (`Lip2Speech.encode`'s `hide_video_B`), so that
+    # it must learn to say the text; the L1 mel loss alone is met from the video, and the decoder
+    # then ignores its text.
+    video_dropout: float = 0.0
     # A `l2s train-asr` run (or checkpoint) on this corpus's recordings: its recognizer, frozen,
     # reads every generated mel, and its CTC loss against the transcript (`loss.asr_weight`)
     # joins the training loss (`l2s.models.losses.lip2speech_loss`). None: no such term.
@@ -177,10 +182,10 @@ class TrainConfig(RunBase):
             )
         if self.grammar not in GRAMMAR_CHOICES:
             raise ValueError(f"grammar must be one of {GRAMMAR_CHOICES}, got {self.grammar!r}")
-        if not (0 <= self.text_noise <= 1 and 0 <= self.text_dropout <= 1):
+        if not all(0 <= p <= 1 for p in (self.text_noise, self.text_dropout, self.video_dropout)):
             raise ValueError(
-                f"text_noise and text_dropout must lie in [0, 1], got {self.text_noise}, "
-                f"{self.text_dropout}"
+                f"text_noise, text_dropout and video_dropout must lie in [0, 1], got "
+                f"{self.text_noise}, {self.text_dropout}, {self.video_dropout}"
             )
         if self.strategy not in ("ddp", "deepspeed"):
             raise ValueError(f"strategy must be 'ddp' or 'deepspeed', got {self.strategy!r}")
@@ -191,6 +196,11 @@ class TrainConfig(RunBase):
         if self.model_config.n_mels != AUDIO.n_mels:
             raise ValueError(
                 f"model n_mels {self.model_config.n_mels} != {AUDIO.n_mels} (the mel contract)"
+            )
+        if self.video_dropout > 0 and not self.model_config.text_conditioning:
+            raise ValueError(
+                "video_dropout hides the video from a decoder that has a text: it needs a "
+                "text-conditioned model (text_conditioning)"
             )
 
     @property

@@ -1,8 +1,9 @@
 """The lip-to-speech model's part of training: build (resume weights before wrapping, optimizer
 state after), batches, one step (mel L1 + L2 before and after the postnet, + CTC), validation and
 checkpoints. DDP (gloo on CPU, NCCL on GPU) or DeepSpeed ZeRO. A text-conditioned model steps on
-its transcripts with lip-reader-like errors injected (`l2s.train.text_noise`); with a recognizer
-(`TrainConfig.recognizer`), what it hears in the generated mel is scored against the transcript.
+its transcripts with lip-reader-like errors injected (`l2s.train.text_noise`) and, for some clips,
+no video (`video_dropout`); with a recognizer (`TrainConfig.recognizer`), what it hears in the
+generated mel is scored against the transcript.
 
 A worker keeps its shard of the train split in memory after the first epoch when the driver says
 it fits (`config["cache"]`): every later epoch is then a reshuffle of what it holds, with no read.
@@ -220,6 +221,9 @@ class Lip2SpeechTask(Task):
         text = self._training_text(batch) if cfg.model_config.text_conditioning else ()
         batch = batch.to(self.session.device, self.dtype)
         target = {"mel_BMF": batch.mel_BMF} if cfg.model_config.flow_head else {}
+        if cfg.video_dropout > 0:  # modality dropout: these clips' decoders hear the text alone
+            drawn_B = self.noise_rng.random(len(batch)) < cfg.video_dropout
+            target["hide_video_B"] = (text[1] > 0) & torch.from_numpy(drawn_B).to(text[1].device)
         with self.autocast:
             output = self.net(batch.video_BTHW, batch.lengths_B, batch.speaker_BD, *text, **target)
         loss, parts = lip2speech_loss(
