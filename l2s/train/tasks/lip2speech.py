@@ -220,12 +220,12 @@ class Lip2SpeechTask(Task):
             group["lr"] = lr
         text = self._training_text(batch) if cfg.model_config.text_conditioning else ()
         batch = batch.to(self.session.device, self.dtype)
-        target = {"mel_BMF": batch.mel_BMF} if cfg.model_config.flow_head else {}
+        extra = {"mel_BMF": batch.mel_BMF} if cfg.model_config.flow_head else {}
         if cfg.video_dropout > 0:  # modality dropout: these clips' decoders hear the text alone
             drawn_B = self.noise_rng.random(len(batch)) < cfg.video_dropout
-            target["hide_video_B"] = (text[1] > 0) & torch.from_numpy(drawn_B).to(text[1].device)
+            extra["hide_video_B"] = (text[1] > 0) & torch.from_numpy(drawn_B).to(text[1].device)
         with self.autocast:
-            output = self.net(batch.video_BTHW, batch.lengths_B, batch.speaker_BD, *text, **target)
+            output = self.net(batch.video_BTHW, batch.lengths_B, batch.speaker_BD, *text, **extra)
         loss, parts = lip2speech_loss(
             output,
             batch.mel_BMF,
