@@ -377,7 +377,7 @@ def test_a_recognizer_loss_teaches_the_generated_mel_to_be_heard() -> None:
     only_asr = LossConfig(l1_weight=0.0, l2_weight=0.0, ctc_weight=0.0, asr_weight=1.0)
     mel_BMF = torch.zeros(2, 80, T * MELS_PER_FRAME)
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
-    for _ in range(150):
+    for _ in range(300):
         out = model(video_BTHW, lengths_B, speaker_BD)
         loss, parts = lip2speech_loss(
             out, mel_BMF, targets_BL, target_lengths_B, only_asr, recognizer
