@@ -766,6 +766,9 @@ def train_lipsync(
     time_budget: TimeBudget = None,
     batch_size: Annotated[int, typer.Option(help="5-frame windows per worker and step.")] = 8,
     sync_weight: Annotated[float, typer.Option(help="Weight of the sync expert's loss.")] = 0.01,
+    gan_weight: Annotated[
+        float, typer.Option(help="Weight of the visual-quality discriminator's loss (0: none).")
+    ] = 0.0,
     lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 1e-3,
     val_every: ValEvery = 250,
     ckpt_every: CkptEvery = 500,
@@ -773,8 +776,8 @@ def train_lipsync(
     seed: Seed = 0,
 ) -> None:
     """Train the lip generator (masked mouth ROI + reference frame + speech → the mouth re-drawn;
-    L1 + the frozen sync expert's loss) on Ray Train; rerun to resume. With --init, fine-tune a
-    trained generator on one person's clips."""
+    L1, the frozen sync expert's loss and a visual-quality discriminator's) on Ray Train; rerun
+    to resume. With --init, fine-tune a trained generator on one person's clips."""
     from l2s.train.lipsync import LipSyncTrainConfig
     from l2s.train.lipsync import train_lipsync as run_training
 
@@ -787,6 +790,7 @@ def train_lipsync(
         steps=steps,
         batch_size=batch_size,
         sync_weight=sync_weight,
+        gan_weight=gan_weight,
         lr=lr,
         warmup_steps=min(100, steps - 1),
         val_every=val_every,

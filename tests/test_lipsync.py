@@ -25,17 +25,18 @@ from l2s.models.syncnet import SyncConfig, SyncNet, normalize_clip_mel
 from l2s.train.data import Utterance
 from l2s.train.lipsync import LipSyncTrainConfig, train_lipsync
 from l2s.train.lipsync_data import REFERENCE_GAP, lip_batches, reference_frame
-from l2s.train.toy import ToyConfig, write_toy_features
+from l2s.train.toy import ToyConfig, toy_rows, write_toy_features
 from l2s.video import iter_frames, probe
 
 TINY_GENERATOR = LipGenConfig(width=4, audio_width=4)
 TINY_EXPERT = SyncConfig(image_size=24, width=4, embedding=16)
+TOY = ToyConfig(speakers=2, utterances=16, min_frames=30, max_frames=40)
 
 
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("toy")
-    write_toy_features(str(out), ToyConfig(speakers=2, utterances=16, min_frames=30, max_frames=40))
+    write_toy_features(str(out), TOY)
     return out
 
 
@@ -154,22 +155,24 @@ def test_a_transform_found_on_a_downscaled_frame_serves_the_full_frame(real_fram
     assert np.abs(roi_small - roi_full).mean() < 4
 
 
+def toy_run(toy: Path, expert: Path, out: Path, **changes) -> LipSyncTrainConfig:
+    """A short run of the tiny generator on the toy dataset: one validation and one checkpoint
+    at its last step unless `changes` say otherwise."""
+    steps = changes.pop("steps")
+    values = dict(
+        model=TINY_GENERATOR, steps=steps, batch_size=4, sync_weight=0.01, lr=3e-3,
+        warmup_steps=5, val_every=steps, ckpt_every=steps,
+    )  # fmt: skip
+    return LipSyncTrainConfig(
+        dataset=str(toy), out=str(out), sync_expert=str(expert), **{**values, **changes}
+    )
+
+
 def test_the_generator_learns_and_fine_tunes_from_its_checkpoint(
     toy: Path, expert: Path, tmp_path: Path
 ) -> None:
-    base = LipSyncTrainConfig(
-        dataset=str(toy),
-        out=str(tmp_path / "lipsync"),
-        sync_expert=str(expert),
-        model=TINY_GENERATOR,
-        steps=40,
-        batch_size=4,
-        sync_weight=0.01,
-        lr=3e-3,
-        warmup_steps=5,
-        val_every=20,
-        ckpt_every=20,
-        n_val=2,
+    base = toy_run(
+        toy, expert, tmp_path / "lipsync", steps=40, val_every=20, ckpt_every=20, n_val=2
     )
     summary = train_lipsync(base, local=True)
     first, last = summary.history[0], summary.history[-1]
@@ -187,6 +190,34 @@ def test_the_generator_learns_and_fine_tunes_from_its_checkpoint(
     tuned_model = LipSyncModel.load(tuned.out)
     for name, weight in model.generator.named_parameters():
         torch.testing.assert_close(dict(tuned_model.generator.named_parameters())[name], weight)
+
+
+def test_the_discriminator_learns_to_tell_drawn_mouths_and_resumes_with_the_run(
+    toy: Path, expert: Path, tmp_path: Path
+) -> None:
+    from l2s.models.lipgen import MouthDiscriminator
+    from l2s.train.checkpoint import TRAIN_STATE_FILE
+
+    cfg = toy_run(toy, expert, tmp_path / "gan", steps=60, gan_weight=0.1, n_val=1)
+    first = train_lipsync(cfg, local=True)
+    assert first.metrics["train/gan"] > 0 and first.metrics["train/loss_d"] > 0
+    state = torch.load(Path(first.checkpoint) / TRAIN_STATE_FILE, weights_only=True)
+    discriminator = MouthDiscriminator(TINY_GENERATOR)
+    discriminator.load_state_dict(state["discriminator"])
+    # It scores real mouths as more real than the generator's, on clips re-drawn whole.
+    model = LipSyncModel.load(cfg.out)
+    real, drawn = [], []
+    for row in toy_rows(TOY)[:4]:
+        real.append(row.roi_THW())
+        drawn.append(model.redraw(row.roi_THW(), row.mel_MF()))
+    with torch.no_grad():
+        scores = [
+            float(discriminator(torch.from_numpy(np.concatenate(x) / 255.0).float()).mean())
+            for x in (real, drawn)
+        ]
+    assert scores[0] > scores[1] + 0.1, scores
+    resumed = train_lipsync(dataclasses.replace(cfg, steps=64), local=True)
+    assert resumed.step == 64 and resumed.metrics["resumed_from"] == 60
 
 
 def test_lipsync_writes_a_browser_video_with_the_new_speech(

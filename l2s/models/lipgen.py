@@ -8,6 +8,10 @@ and the clip-normalised log-mel window centred on the frame (`normalize_clip_mel
 A U-Net encodes both frames; the audio, encoded to one vector, joins at the bottleneck; the decoder
 draws the masked region, and everything above it is the input frame, unchanged.
 
+`MouthDiscriminator` is Wav2Lip's visual-quality discriminator: it scores patches of the drawn
+region real or generated. L1 alone regresses to the mean mouth (blurred, half open, no teeth);
+the adversarial term asks for mouths that look like real ones.
+
 Pixels are grayscale in [0, 1], as the ROIs are stored (uint8 / 255).
 
 Letters in shape names: B frames, H×W pixels, C channels, M mel bands, W mel frames in a window.
@@ -141,6 +145,26 @@ class LipGenerator(nn.Module):
         drawn_BHW = torch.sigmoid(self.out(x))[:, 0]
         top = self.cfg.mask_top
         return torch.cat([masked_BHW[:, :top], drawn_BHW[:, top:]], dim=1)
+
+
+class MouthDiscriminator(nn.Module):
+    """Frames' mouth regions (rows `mask_top`…) → a grid of real/generated scores, one per
+    overlapping patch (a PatchGAN: 4 stride-2 convolutions and a 3×3, a 4×6 grid of scores
+    over the 68×96 region, each seeing up to 78×78 px).
+    No normalisation layers, as Wav2Lip's and HiFi-GAN's discriminators: the real and generated
+    halves of a batch must not share statistics."""
+
+    def __init__(self, cfg: LipGenConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        w = 2 * cfg.width
+        layers: list[nn.Module] = []
+        for c_in, c_out in pairwise([1, w, 2 * w, 4 * w, 8 * w]):
+            layers += [nn.Conv2d(c_in, c_out, 4, 2, padding=1), nn.LeakyReLU(0.2, inplace=True)]
+        self.net = nn.Sequential(*layers, nn.Conv2d(8 * w, 1, 3, padding=1))
+
+    def forward(self, frame_BHW: torch.Tensor) -> torch.Tensor:
+        return self.net(2 * frame_BHW[:, None, self.cfg.mask_top :] - 1)[:, 0]
 
 
 def count_parameters(module: nn.Module) -> int:

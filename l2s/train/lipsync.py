@@ -43,6 +43,8 @@ class LipSyncTrainConfig(RunBase):
     sync_weight: float = 0.01
     sync_shift: int = 3
     sync_after: int = 0
+    # Weight of Wav2Lip's visual-quality discriminator (LSGAN on the drawn region; 0: none).
+    gan_weight: float = 0.0
     lr: float = 1e-3
     min_lr_ratio: float = 0.05
     warmup_steps: int = 100
@@ -78,7 +80,15 @@ class LipSyncTrainConfig(RunBase):
             raise ValueError(f"warmup_steps must lie in [0, steps), got {self.warmup_steps}")
         negative = [
             n
-            for n in ("sync_weight", "sync_after", "weight_decay", "grad_clip", "cache_mb", "n_val")
+            for n in (
+                "sync_weight",
+                "sync_after",
+                "gan_weight",
+                "weight_decay",
+                "grad_clip",
+                "cache_mb",
+                "n_val",
+            )
             if getattr(self, n) < 0
         ]
         if negative:

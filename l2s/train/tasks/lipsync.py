@@ -1,6 +1,7 @@
 """The lip generator's part of training: build (resuming, or starting from `init`'s weights), batches
 of 5-frame windows (`lipsync_data`), one step (L1 on the masked region + the frozen sync expert's
-loss), validation and checkpoints. DDP (gloo on CPU, NCCL on GPU).
+loss + with `gan_weight` > 0 Wav2Lip's visual-quality discriminator, LSGAN as HiFi-GAN's),
+validation and checkpoints. DDP (gloo on CPU, NCCL on GPU).
 
 Validation (rank 0) re-draws the first `n_val` val clips whole, each from its own reference frame
 (`l2s.lipsync.model.redraw`), driven by its own audio (L1 against the real frames; the expert's
@@ -10,7 +11,7 @@ offset against that audio: does the mouth follow speech it never saw with this f
 A checkpoint holds:
   lipsync.pt      the generator (fp32) + its LipGenConfig, the exact LipSyncTrainConfig, the
                   progress, the dataset's metadata and the sync expert it trained with
-  train_state.pt  the optimizer state
+  train_state.pt  the optimizer's state (and the discriminator with its optimizer)
   config.json     the configs, progress and metrics as JSON
 """
 
@@ -27,7 +28,7 @@ import torch
 
 from l2s.infer.checkpoint import CONFIG_FILE, LIPSYNC_FILE, read_model
 from l2s.lipsync.model import redraw
-from l2s.models.lipgen import LipGenerator, count_parameters, mask_mouth
+from l2s.models.lipgen import LipGenerator, MouthDiscriminator, count_parameters, mask_mouth
 from l2s.models.syncnet import WINDOW_FRAMES, sync_loss
 from l2s.sync.expert import SyncExpert
 from l2s.train.checkpoint import TRAIN_STATE_FILE, Progress
@@ -82,11 +83,20 @@ class LipSyncTask(Task):
                 f"{device.type}; sync expert {self.expert.checkpoint}"
             )
         self.net = session.prepare(self.model)
-        self.optimizer = torch.optim.AdamW(
-            self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay
-        )
+        self.optimizer = _adamw(self.model, cfg)
+        # The discriminator, as the vocoder's: DDP-wrapped for its own step (`d_net`); the
+        # generator's adversarial pass goes through the bare module with its weights frozen.
+        self.discriminator = self.d_net = self.optim_d = None
+        if cfg.gan_weight > 0:
+            self.discriminator = MouthDiscriminator(cfg.model_config)
+            self.d_net = session.prepare(self.discriminator)
+            self.optim_d = _adamw(self.discriminator, cfg)
         if state is not None:
-            self.optimizer.load_state_dict(state)
+            # Runs from before the discriminator saved the bare optimizer state.
+            self.optimizer.load_state_dict(state.get("optimizer", state))
+            if self.discriminator is not None and "discriminator" in state:
+                self.discriminator.load_state_dict(state["discriminator"])
+                self.optim_d.load_state_dict(state["optim_d"])
         self.progress = progress
         self.resumed_from = progress.step
         self.log = RunLog(cfg.out, progress.step) if rank == 0 else None
@@ -122,33 +132,52 @@ class LipSyncTask(Task):
     def learning_rate(self, step: int, time_fraction: float) -> float:
         return learning_rate(step, self.cfg, time_fraction)
 
-    def losses(self, batch: LipBatch, net: torch.nn.Module) -> tuple[torch.Tensor, dict]:
-        """L1 over the masked region, and the expert's loss on the generated windows."""
+    def step(self, batch: LipBatch, lr: float) -> Step:
+        """The discriminator's update (with `gan_weight`), then the generator's: L1 over the
+        masked region, the expert's loss on the generated windows, and the adversarial loss."""
         cfg = self.cfg
+        for optimizer in (self.optimizer, self.optim_d):
+            for group in optimizer.param_groups if optimizer is not None else ():
+                group["lr"] = lr
+        batch = batch.to(self.session.device)
         C, K = batch.target_CKHW.shape[:2]
         target_XHW = batch.target_CKHW.flatten(0, 1)
         top = self.model.cfg.mask_top
-        drawn_XHW = net(
+        drawn_XHW = self.net(
             mask_mouth(target_XHW, top),
             batch.reference_CHW.repeat_interleave(K, dim=0),
             batch.mel_CKMW.flatten(0, 1),
         )
+        parts = {}
+        if self.discriminator is not None:
+            # Real and generated frames in one pass: one DDP forward per backward.
+            scores_X = self.d_net(torch.cat([target_XHW, drawn_XHW.detach()]))
+            real, fake = scores_X.chunk(2)
+            loss_d = ((real - 1) ** 2).mean() + (fake**2).mean()
+            self.optim_d.zero_grad(set_to_none=True)
+            loss_d.backward()
+            self.optim_d.step()
+            parts.update(loss_d=loss_d.detach(), d_real=real.detach().mean())
+
         l1 = (drawn_XHW[:, top:] - target_XHW[:, top:]).abs().mean()
         expert = self.expert.network
         video_C1E = expert.embed_video(drawn_XHW.unflatten(0, (C, K)))[:, None]
         audio_CPE = expert.embed_audio(batch.sync_mel_CPMW.flatten(0, 1)).unflatten(0, (C, -1))
-        sync, parts = sync_loss(video_C1E, audio_CPE, expert.scale)
+        sync, sync_parts = sync_loss(video_C1E, audio_CPE, expert.scale)
         weight = cfg.sync_weight if self.progress.step >= cfg.sync_after else 0.0
-        parts = {"l1": l1.detach(), "sync": sync.detach(), "sync_acc": parts["acc"]}
-        return l1 + weight * sync, parts
-
-    def step(self, batch: LipBatch, lr: float) -> Step:
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        loss, parts = self.losses(batch.to(self.session.device), self.net)
+        loss = l1 + weight * sync
+        parts.update(l1=l1.detach(), sync=sync.detach(), sync_acc=sync_parts["acc"])
+        if self.discriminator is not None:
+            self.discriminator.requires_grad_(False)
+            try:
+                adversarial = ((self.discriminator(drawn_XHW) - 1) ** 2).mean()
+            finally:
+                self.discriminator.requires_grad_(True)
+            loss = loss + cfg.gan_weight * adversarial
+            parts["gan"] = adversarial.detach()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        clip = self.cfg.grad_clip if self.cfg.grad_clip > 0 else math.inf
+        clip = cfg.grad_clip if cfg.grad_clip > 0 else math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
         self.optimizer.step()
         losses = {"loss": float(loss.detach()), **{k: float(v) for k, v in parts.items()}}
@@ -193,12 +222,21 @@ class LipSyncTask(Task):
         }
         weights = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
         torch.save({"model": weights, **configs}, folder / LIPSYNC_FILE)
-        torch.save(self.optimizer.state_dict(), folder / TRAIN_STATE_FILE)
+        state = {"optimizer": self.optimizer.state_dict()}
+        if self.discriminator is not None:
+            state.update(
+                discriminator=self.discriminator.state_dict(), optim_d=self.optim_d.state_dict()
+            )
+        torch.save(state, folder / TRAIN_STATE_FILE)
         (folder / CONFIG_FILE).write_text(json.dumps({**configs, "metrics": metrics}, indent=2))
         return True
 
     def summary_line(self, metrics: dict) -> str:
         return summary_line(metrics)
+
+
+def _adamw(module: torch.nn.Module, cfg: LipSyncTrainConfig) -> torch.optim.AdamW:
+    return torch.optim.AdamW(module.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
 def validate_clips(
