@@ -28,6 +28,7 @@ import torch
 
 from l2s.infer.checkpoint import CONFIG_FILE, LIPSYNC_FILE, read_model
 from l2s.lipsync.model import redraw
+from l2s.models.hifigan import discriminator_loss
 from l2s.models.lipgen import LipGenerator, MouthDiscriminator, count_parameters, mask_mouth
 from l2s.models.syncnet import WINDOW_FRAMES, sync_loss
 from l2s.sync.expert import SyncExpert
@@ -153,7 +154,7 @@ class LipSyncTask(Task):
             # Real and generated frames in one pass: one DDP forward per backward.
             scores_X = self.d_net(torch.cat([target_XHW, drawn_XHW.detach()]))
             real, fake = scores_X.chunk(2)
-            loss_d = ((real - 1) ** 2).mean() + (fake**2).mean()
+            loss_d, _ = discriminator_loss([real], [fake])
             self.optim_d.zero_grad(set_to_none=True)
             loss_d.backward()
             self.optim_d.step()
