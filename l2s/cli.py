@@ -769,6 +769,13 @@ def train_lipsync(
     gan_weight: Annotated[
         float, typer.Option(help="Weight of the visual-quality discriminator's loss (0: none).")
     ] = 0.0,
+    visible_from_reference: Annotated[
+        float,
+        typer.Option(
+            help="Share of training windows that see the reference frame above the mask, not "
+            "their own cheeks (which show the clip's own speech)."
+        ),
+    ] = 0.5,
     lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 1e-3,
     val_every: ValEvery = 250,
     ckpt_every: CkptEvery = 500,
@@ -791,6 +798,7 @@ def train_lipsync(
         batch_size=batch_size,
         sync_weight=sync_weight,
         gan_weight=gan_weight,
+        visible_from_reference=visible_from_reference,
         lr=lr,
         warmup_steps=min(100, steps - 1),
         val_every=val_every,

@@ -24,7 +24,7 @@ from l2s.models.lipgen import MASK_TOP, LipGenConfig, LipGenerator, mask_mouth, 
 from l2s.models.syncnet import SyncConfig, SyncNet, normalize_clip_mel
 from l2s.train.data import Utterance
 from l2s.train.lipsync import LipSyncTrainConfig, train_lipsync
-from l2s.train.lipsync_data import REFERENCE_GAP, lip_batches, reference_frame
+from l2s.train.lipsync_data import REFERENCE_GAP, LipBatch, lip_batches, reference_frame
 from l2s.train.toy import ToyConfig, toy_rows, write_toy_features
 from l2s.video import iter_frames, probe
 
@@ -97,6 +97,22 @@ def test_the_reference_frame_shows_another_moment() -> None:
     roi_THW[5, MASK_TOP:] = 0  # one odd frame (a blink of blur) is never the typical one
     roi_THW[7, MASK_TOP:] = 101
     assert pick_reference(roi_THW, MASK_TOP) not in (5,)
+
+
+def test_a_share_of_windows_shows_the_reference_above_the_mask() -> None:
+    """visible_from_reference: whole windows (every frame) borrow the reference's upper rows."""
+    C, K = 400, 5
+    batch = LipBatch(
+        torch.rand(C, K, 96, 96), torch.rand(C, 96, 96), torch.rand(C, K, 80, 20), torch.rand(1)
+    )
+    assert torch.equal(batch.visible_CKHW(0.0), batch.target_CKHW)
+    assert torch.equal(batch.visible_CKHW(1.0), batch.reference_CHW[:, None].expand(-1, K, -1, -1))
+    visible_CKHW = batch.visible_CKHW(0.5)
+    borrowed_CK = (visible_CKHW == batch.reference_CHW[:, None]).flatten(2).all(2)
+    own_CK = (visible_CKHW == batch.target_CKHW).flatten(2).all(2)
+    assert (borrowed_CK ^ own_CK).all()  # each frame wholly one or the other
+    assert (borrowed_CK.all(1) | own_CK.all(1)).all()  # each window too
+    assert 0.4 < borrowed_CK[:, 0].float().mean() < 0.6
 
 
 def test_training_windows_hold_frames_references_and_audio(toy: Path) -> None:

@@ -45,6 +45,10 @@ class LipSyncTrainConfig(RunBase):
     sync_after: int = 0
     # Weight of Wav2Lip's visual-quality discriminator (LSGAN on the drawn region; 0: none).
     gan_weight: float = 0.0
+    # The share of training windows whose visible rows (above mask_top) come from the reference
+    # frame, not the frame itself: there cheeks and nostrils move with the clip's own speech and
+    # tell the generator the mouth without the audio (0: none).
+    visible_from_reference: float = 0.5
     lr: float = 1e-3
     min_lr_ratio: float = 0.05
     warmup_steps: int = 100
@@ -93,6 +97,10 @@ class LipSyncTrainConfig(RunBase):
         ]
         if negative:
             raise ValueError(f"these must be non-negative: {negative}")
+        if not 0 <= self.visible_from_reference <= 1:
+            raise ValueError(
+                f"visible_from_reference is a share in [0, 1], got {self.visible_from_reference}"
+            )
 
     @property
     def model_config(self) -> LipGenConfig:

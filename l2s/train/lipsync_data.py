@@ -45,6 +45,16 @@ class LipBatch:
     def tensors(self) -> tuple[torch.Tensor, ...]:
         return self.target_CKHW, self.reference_CHW, self.mel_CKMW, self.sync_mel_CPMW
 
+    def visible_CKHW(self, share: float) -> torch.Tensor:
+        """The frames whose rows above the mask the generator sees: the window's own, or, for
+        each window with probability `share`, its reference frame's in every frame. A frame's
+        own cheeks and nostrils move with its clip's speech and show the mouth without the
+        audio; re-drawing a clip to other speech, they show the wrong one."""
+        if share <= 0:
+            return self.target_CKHW
+        borrowed_C111 = torch.rand(len(self), 1, 1, 1, device=self.target_CKHW.device) < share
+        return torch.where(borrowed_C111, self.reference_CHW[:, None], self.target_CKHW)
+
 
 def reference_frame(n_frames: int, start: int, rng: np.random.Generator) -> int:
     """A random frame at least REFERENCE_GAP frames from the window starting at `start` (the

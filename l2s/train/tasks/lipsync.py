@@ -145,7 +145,7 @@ class LipSyncTask(Task):
         target_XHW = batch.target_CKHW.flatten(0, 1)
         top = self.model.cfg.mask_top
         drawn_XHW = self.net(
-            mask_mouth(target_XHW, top),
+            mask_mouth(batch.visible_CKHW(cfg.visible_from_reference).flatten(0, 1), top),
             batch.reference_CHW.repeat_interleave(K, dim=0),
             batch.mel_CKMW.flatten(0, 1),
         )
